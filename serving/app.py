@@ -1,0 +1,107 @@
+"""The HTTP app factory: ``create_app(settings)`` builds one independent service instance."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+
+from serving import feedback_api
+from serving.services import Services, get_services
+from serving.settings import Settings, load_settings
+
+API_VERSION = "1"
+
+
+class HealthOut(BaseModel):
+    status: str
+    checks: dict[str, str] = {}
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+    services: Services | None = None,
+) -> FastAPI:
+    """Build the segue HTTP app for ``settings`` (read from the environment when omitted)."""
+    settings = settings or load_settings()
+    services = services or Services.build(settings, clock=clock)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            services.close()
+
+    app = FastAPI(
+        title="segue",
+        version=API_VERSION,
+        summary="Online-learning recommender with a contextual-bandit reranker",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+
+    @app.middleware("http")
+    async def _timing(request: Request, call_next):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        services.metrics.request_latency.labels(path).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/health/live", response_model=HealthOut, tags=["health"])
+    def live() -> HealthOut:
+        """The process is up."""
+        return HealthOut(status="ok")
+
+    @app.get(
+        "/health/ready",
+        response_model=HealthOut,
+        responses={503: {"model": HealthOut}},
+        tags=["health"],
+    )
+    def ready(
+        response: Response, services: Annotated[Services, Depends(get_services)]
+    ) -> HealthOut:
+        """Ready to take traffic: the event log answers."""
+        checks: dict[str, str] = {}
+        try:
+            with services.log.engine.connect() as conn:
+                conn.execute(sa.text("select 1"))
+            checks["event_log"] = "ok"
+        except sa.exc.SQLAlchemyError as exc:
+            checks["event_log"] = f"unavailable: {type(exc).__name__}"
+        ok = all(v == "ok" for v in checks.values())
+        if not ok:
+            response.status_code = 503
+        return HealthOut(status="ok" if ok else "unavailable", checks=checks)
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    def metrics(services: Annotated[Services, Depends(get_services)]) -> Response:
+        """Prometheus metrics."""
+        return Response(services.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    app.include_router(feedback_api.router, tags=["feedback"])
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                feedback_api.openapi_schemas()
+            )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,40 @@
+"""``segue serve``: run the HTTP service with uvicorn."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from serving.settings import SettingsError, load_settings
+
+serve_app = typer.Typer(add_completion=False)
+
+
+@serve_app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Listen address (SEGUE_SERVING_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (SEGUE_SERVING_PORT).")] = None,
+    demo: Annotated[
+        bool, typer.Option(help="Generate a demo catalog when the catalog is empty.")
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Run the HTTP service. Example: segue serve --port 8000 --demo"""
+    import uvicorn
+
+    from serving.app import create_app
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=host or settings.serving.host,
+        port=port or settings.serving.port,
+        log_level=log_level,
+        access_log=False,
+    )

@@ -1,0 +1,95 @@
+"""segue's settings: one section per package, composed here at the edge.
+
+Every field reads an environment variable: ``SEGUE_<FIELD>`` at the top level,
+``SEGUE_<SECTION>_<FIELD>`` in a section (``SEGUE_FEEDBACK_MAX_BATCH_EVENTS``). A bad value
+stops start-up with a message naming the variable (:func:`load_settings`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from feedback.settings import FeedbackSettings
+
+
+class ServingSettings(BaseSettings):
+    """The HTTP service (environment prefix ``SEGUE_SERVING_``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SEGUE_SERVING_", extra="forbid", use_attribute_docstrings=True
+    )
+
+    host: str = "127.0.0.1"
+    """Address ``segue serve`` listens on."""
+
+    port: int = Field(8000, ge=1, le=65535)
+    """Port ``segue serve`` listens on."""
+
+
+class Settings(BaseSettings):
+    """All of segue's settings (environment prefix ``SEGUE_``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SEGUE_", extra="forbid", use_attribute_docstrings=True
+    )
+
+    data_dir: Path = Path("segue-data")
+    """Directory for the embedded database, snapshots and the catalog (created if missing)."""
+
+    database_url: str | None = None
+    """SQLAlchemy URL of the event log, dead letters and catalog. Unset: SQLite in
+    ``data_dir/segue.db``. PostgreSQL: ``postgresql+psycopg://user@host:5432/db``."""
+
+    redis_url: str | None = None
+    """Redis URL for shared state (decision log, caches). Unset: kept in process."""
+
+    db_timeout_s: float = Field(5.0, gt=0)
+    """How long a database statement may wait before it counts as failed."""
+
+    sqlite_synchronous: str = Field("FULL", pattern="^(?i:OFF|NORMAL|FULL|EXTRA)$")
+    """SQLite ``synchronous`` pragma: FULL survives power loss, NORMAL only a process crash."""
+
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'segue.db').resolve()}"
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names the environment variable."""
+
+
+def _sections() -> dict[str, type[BaseSettings]]:
+    return {
+        name: field.annotation
+        for name, field in Settings.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseSettings)
+    }
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment (and ``overrides``), with errors naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        sections = _sections()
+        prefixes = {
+            cls.__name__: cls.model_config.get("env_prefix", "") for cls in sections.values()
+        }
+        prefixes["Settings"] = "SEGUE_"
+        lines = []
+        for err in exc.errors(include_url=False):
+            loc = [str(p) for p in err["loc"]]
+            prefix = prefixes.get(exc.title, "SEGUE_")
+            if exc.title == "Settings" and loc and loc[0] in sections:
+                prefix = sections[loc[0]].model_config.get("env_prefix", "")
+                loc = loc[1:]
+            name = (prefix + "_".join(loc)).upper()
+            lines.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
