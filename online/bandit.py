@@ -1,0 +1,474 @@
+"""The bandit reranker: a Vowpal Wabbit contextual bandit that fills a list slot by slot.
+
+:class:`BanditReranker` places ``k`` items one slot at a time. For each slot every still
+eligible candidate is an action of a ``--cb_explore_adf`` problem (action-dependent features);
+VW estimates each action's cost (``-reward``), an exploration rule turns the estimates into a
+probability mass function, and the action is sampled with ``self._rng`` (a seeded numpy
+``Generator``), so the same seed gives the same lists. The placed entry records the exact
+features served, its ``propensity`` (the probability of that action at that slot) and whether
+it was ``explored`` (differs from the greedy choice).
+
+Namespaces (VW keys features by the first letter of a namespace):
+
+* ``s`` shared: the listener/context mapping, one-hot via :func:`online.relevance.encode_context`
+  (prefixed ``c:``);
+* ``p`` shared, per slot: ``pos = log1p(position)``;
+* ``a`` action: ``rel`` (relevance), ``pop`` and ``trend`` (``sign(x) * log1p(|x|)``),
+  ``fresh = 1 / (1 + age_days / 7)`` (novelty), ``exp_item`` and ``exp_artist``
+  (``log1p`` of the exposure counts: fatigue);
+* ``d`` action, per slot: ``sim``, the largest cosine between the candidate's vector and the
+  items already placed (0 on the first slot or without vectors): diversity.
+
+Interactions ``-q sa -q sd -q pa -q pd`` let the trade-offs depend on the listener and on the
+position. A :class:`~feedback.events.SlateEntry`'s ``features`` holds these values (rounded to
+4 decimals, the values VW saw) under the names above, ``pos`` included.
+
+Sample weights, and why they go through the propensity
+------------------------------------------------------
+VW's CB label parsers (text and JSON) always set the label weight to 1 and the Python binding
+offers no way to set an example weight, so an importance weight cannot be passed directly.
+With ``--cb_type mtr`` (the cb_adf default, used here) the placed action is regressed on its
+cost with importance ``(1 / p) * (events / actions)``, where ``p`` is the label's probability;
+the probability is used nowhere else when learning. So segue learns with ``p / w``: the
+importance becomes exactly ``w / p``. The text parser clamps a probability above 1 to 1, the
+JSON parser does not, so examples are sent as JSON. Learning examples hold only the placed
+action, so ``events / actions`` stays 1.
+
+``"squarecb"``: VW's ``--squarecb`` reduction overwrites the probability with 1 before
+learning (SquareCB regresses without importance weighting), which would also erase ``w``. So
+in that mode VW runs as the greedy cost regressor and segue applies the SquareCB rule of
+Foster & Rakhlin (2020), as VW implements it, to VW's cost estimates:
+``p_a = 1 / (K + gamma * (c_a - c_min))`` for every non-greedy action, the rest of the mass on
+the greedy one, ``gamma = gamma_scale * n_learned ** gamma_exponent``; learning uses the
+probability ``1 / w``, an importance of exactly ``w``. ``"epsilon"`` and ``"softmax"`` use
+VW's own pmf (``--epsilon``, ``--softmax --lambda``).
+
+``w = 0`` returns without calling VW, leaving the model exactly unchanged; VW's
+importance-aware updates move a smaller ``w`` less.
+
+Thread safety: a VW workspace is not thread-safe. Callers serialize every call on one
+reranker (the engine holds a lock); never share one across threads unlocked.
+
+>>> import numpy as np
+>>> bandit = BanditReranker(exploration="epsilon", epsilon=0.2, seed=3)
+>>> cands = [Candidate(f"t{i}", f"ar{i % 2}", None, relevance=i / 4) for i in range(4)]
+>>> slate = bandit.rank({"user": "anna"}, cands, k=3, max_per_artist=1)
+>>> len(slate), len({c.artist for c in cands if c.item_id in {e.item_id for e in slate}})
+(2, 2)
+>>> all(0.0 < e.propensity <= 1.0 for e in slate)
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import pickle
+import tempfile
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pylibvw
+import vowpalwabbit
+
+from feedback.events import SlateEntry
+from online.relevance import encode_context
+
+__all__ = ["ACTION_FEATURES", "BanditReranker", "Candidate"]
+
+_FORMAT = "segue.bandit/1"
+Exploration = Literal["epsilon", "softmax", "squarecb"]
+EXPLORATIONS: tuple[str, ...] = ("epsilon", "softmax", "squarecb")
+
+# Static per-candidate features (namespace "a"), then the per-slot ones.
+_STATIC = ("rel", "pop", "trend", "fresh", "exp_item", "exp_artist")
+ACTION_FEATURES: tuple[str, ...] = (*_STATIC, "sim", "pos")
+_DIGITS = 4
+# A placeholder for the per-slot features at parse time: VW drops zero-valued features and
+# then ignores a namespace that is absent, so the slot loop must find one feature to overwrite.
+_PLACEHOLDER = 1.0
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Candidate:
+    """One item the reranker may place, with the signals the bandit trades off.
+
+    ``vector`` (any fixed dimension, e.g. the relevance model's item vector) is used for the
+    similarity to already placed items; ``None`` means similarity 0. ``popularity`` and
+    ``trend`` are the engine's scores (counts or rates; log-scaled here), ``age_days`` the
+    item's age, ``exposure_*`` how often this listener was recently shown the item / artist.
+    """
+
+    item_id: str
+    artist: str
+    vector: np.ndarray | None
+    relevance: float
+    popularity: float = 0.0
+    trend: float = 0.0
+    age_days: float = 0.0
+    exposure_item: float = 0.0
+    exposure_artist: float = 0.0
+
+
+def _slog(x: float) -> float:
+    return math.copysign(math.log1p(abs(x)), x)
+
+
+def _static_features(c: Candidate) -> dict[str, float]:
+    return {
+        "rel": round(float(c.relevance), _DIGITS),
+        "pop": round(_slog(float(c.popularity)), _DIGITS),
+        "trend": round(_slog(float(c.trend)), _DIGITS),
+        "fresh": round(1.0 / (1.0 + max(0.0, float(c.age_days)) / 7.0), _DIGITS),
+        "exp_item": round(math.log1p(max(0.0, float(c.exposure_item))), _DIGITS),
+        "exp_artist": round(math.log1p(max(0.0, float(c.exposure_artist))), _DIGITS),
+    }
+
+
+class BanditReranker:
+    """Fills ``k`` slots one by one with a VW ``--cb_explore_adf`` contextual bandit.
+
+    See the module docstring for features, exploration and how ``w`` reaches VW.
+    """
+
+    def __init__(
+        self,
+        exploration: Exploration = "epsilon",
+        epsilon: float = 0.1,
+        softmax_lambda: float = 10.0,
+        gamma_scale: float = 10.0,
+        gamma_exponent: float = 0.5,
+        learning_rate: float = 0.5,
+        bits: int = 20,
+        seed: int = 0,
+    ) -> None:
+        if exploration not in EXPLORATIONS:
+            raise ValueError(f"exploration must be one of {EXPLORATIONS}, got {exploration!r}")
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {epsilon!r}")
+        if not 1 <= bits <= 30:
+            raise ValueError(f"bits must be in [1, 30], got {bits!r}")
+        self.exploration = exploration
+        self.epsilon = epsilon
+        self.softmax_lambda = softmax_lambda
+        self.gamma_scale = gamma_scale
+        self.gamma_exponent = gamma_exponent
+        self.learning_rate = learning_rate
+        self.bits = bits
+        self.seed = seed
+
+        self._rng = np.random.default_rng(seed)
+        self.n_learned = 0
+        self._ws = vowpalwabbit.Workspace(self._vw_args())
+        self._sim_index, self._pos_index = self._slot_feature_indices()
+
+    # ------------------------------------------------------------------ setup
+
+    def _params(self) -> dict[str, Any]:
+        return {
+            "exploration": self.exploration,
+            "epsilon": self.epsilon,
+            "softmax_lambda": self.softmax_lambda,
+            "gamma_scale": self.gamma_scale,
+            "gamma_exponent": self.gamma_exponent,
+            "learning_rate": self.learning_rate,
+            "bits": self.bits,
+            "seed": self.seed,
+        }
+
+    def _vw_args(self) -> str:
+        args = [
+            "--cb_explore_adf --cb_type mtr --json --quiet --save_resume",
+            f"-b {self.bits} -l {self.learning_rate!r} --random_seed {self.seed}",
+            "-q sa -q sd -q pa -q pd",
+        ]
+        if self.exploration == "epsilon":
+            args.append(f"--epsilon {self.epsilon!r}")
+        elif self.exploration == "softmax":
+            args.append(f"--softmax --lambda {self.softmax_lambda!r}")
+        else:  # squarecb: VW regresses greedily, segue applies the SquareCB rule.
+            args.append("--epsilon 0")
+        return " ".join(args)
+
+    def _slot_feature_indices(self) -> tuple[int, int]:
+        # The hashed (and strided) indices VW's parser gives "sim" in "d" and "pos" in "p", so
+        # the slot loop can overwrite them in parsed examples instead of re-parsing.
+        exs = self._ws.parse(
+            json.dumps({"p": {"pos": _PLACEHOLDER}, "_multi": [{"d": {"sim": _PLACEHOLDER}}]})
+        )
+        try:
+            return pylibvw.example.feature(exs[1], ord("d"), 0), pylibvw.example.feature(
+                exs[0], ord("p"), 0
+            )
+        finally:
+            self._ws.finish_example(exs)
+
+    def clone(self) -> BanditReranker:
+        """A fresh, untrained reranker with the same hyperparameters."""
+        return type(self)(**self._params())
+
+    def close(self) -> None:
+        """Release the VW workspace (also done when the object is collected)."""
+        if self._ws is not None:
+            self._ws.finish()
+            self._ws = None
+
+    # ------------------------------------------------------------------ examples
+
+    @staticmethod
+    def _shared_namespace(shared: Mapping[str, Any]) -> dict[str, int]:
+        return {"c:" + f: 1 for f in encode_context(shared)}
+
+    def _set(self, ex: Any, ns: str, index: int, value: float) -> None:
+        pylibvw.example.pop_feature(ex, ord(ns))
+        pylibvw.example.push_hashed_feature(ex, ord(ns), index, value)
+
+    def _predict(self, exs: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
+        """The pmf over ``exs[1:]`` (VW's, or segue's SquareCB) and, for SquareCB, the costs.
+
+        Calls the binding under ``Workspace.predict`` directly: the wrapper's type checks and
+        enum look-ups cost more than VW's prediction itself over a slate's 30 calls.
+        """
+        pylibvw.vw.predict_multi(self._ws, exs)
+        if self.exploration == "squarecb":
+            costs = np.fromiter((e.get_partial_prediction() for e in exs[1:]), float, len(exs) - 1)
+            return self._squarecb(costs), costs
+        pmf = np.asarray(exs[0].get_action_scores(), dtype=float)
+        return pmf / pmf.sum(), None
+
+    def _squarecb(self, costs: np.ndarray) -> np.ndarray:
+        n = len(costs)
+        best = int(np.argmin(costs))
+        gamma = self.gamma_scale * float(self.n_learned) ** self.gamma_exponent
+        pmf = 1.0 / (n + gamma * (costs - costs[best]))
+        pmf[best] = 0.0
+        pmf[best] = max(0.0, 1.0 - pmf.sum())
+        return pmf
+
+    # ------------------------------------------------------------------ ranking
+
+    def rank(
+        self,
+        shared: Mapping[str, Any],
+        candidates: Sequence[Candidate],
+        k: int,
+        *,
+        explore: bool = True,
+        max_per_artist: int | None = None,
+        exclude: Collection[str] = (),
+    ) -> list[SlateEntry]:
+        """Fill up to ``k`` slots from ``candidates``.
+
+        Hard rules: no item in ``exclude`` is placed, no artist gets more than
+        ``max_per_artist`` slots, an item id is placed at most once; fewer than ``k`` entries
+        come back only when no eligible candidate is left. ``explore=False`` places the greedy
+        choice at every slot with propensity 1.0 and ``explored=False``. ``score`` is VW's
+        estimated reward of the placed item at its slot.
+        """
+        if max_per_artist is not None and max_per_artist < 1:
+            raise ValueError(f"max_per_artist must be >= 1 or None, got {max_per_artist!r}")
+        excluded = set(exclude)
+        seen: set[str] = set()
+        pool: list[Candidate] = []
+        for c in candidates:
+            if c.item_id in excluded or c.item_id in seen:
+                continue
+            seen.add(c.item_id)
+            pool.append(c)
+        if k <= 0 or not pool:
+            return []
+
+        n = len(pool)
+        static = [_static_features(c) for c in pool]
+        doc = {
+            "s": self._shared_namespace(shared),
+            "p": {"pos": _PLACEHOLDER},
+            "_multi": [{"a": f, "d": {"sim": _PLACEHOLDER}} for f in static],
+        }
+        # Unit vectors for the cosine similarity; rows of candidates without a vector stay 0.
+        units = None
+        if any(c.vector is not None for c in pool):
+            dim = next(len(c.vector) for c in pool if c.vector is not None)
+            units = np.zeros((n, dim))
+            for i, c in enumerate(pool):
+                if c.vector is not None:
+                    v = np.asarray(c.vector, dtype=float)
+                    norm = float(np.linalg.norm(v))
+                    if norm > 0.0:
+                        units[i] = v / norm
+        sim = np.zeros(n)
+        served_sim = np.full(n, _PLACEHOLDER)  # the value currently in each parsed example
+        eligible_mask = np.ones(n, dtype=bool)  # not placed, artist below its cap
+        by_artist: dict[str, list[int]] = {}
+        for i, c in enumerate(pool):
+            by_artist.setdefault(c.artist, []).append(i)
+        per_artist: Counter[str] = Counter()
+        slate: list[SlateEntry] = []
+
+        exs = self._ws.parse(json.dumps(doc))
+        try:
+            shared_ex, actions = exs[0], exs[1:]
+            for position in range(k):
+                eligible = np.flatnonzero(eligible_mask)
+                if len(eligible) == 0:
+                    break
+                pos_value = round(math.log1p(position), _DIGITS)
+                self._set(shared_ex, "p", self._pos_index, pos_value)
+                rounded = np.round(sim, _DIGITS)
+                for idx in np.flatnonzero((rounded != served_sim) & eligible_mask):
+                    self._set(actions[idx], "d", self._sim_index, float(rounded[idx]))
+                    served_sim[idx] = rounded[idx]
+                slot = [shared_ex, *(actions[idx] for idx in eligible)]
+                pmf, costs = self._predict(slot)
+                greedy = int(np.argmax(pmf))
+                if explore:
+                    u = self._rng.random()
+                    j = int(np.searchsorted(np.cumsum(pmf), u, side="right"))
+                    j = min(j, len(eligible) - 1)
+                    while pmf[j] <= 0.0:  # float round-off at the top end of the cdf
+                        j -= 1
+                    propensity = float(pmf[j])
+                else:
+                    j, propensity = greedy, 1.0
+                cost = (
+                    float(costs[j]) if costs is not None else slot[j + 1].get_partial_prediction()
+                )
+                chosen = int(eligible[j])
+                slate.append(
+                    SlateEntry(
+                        item_id=pool[chosen].item_id,
+                        position=position,
+                        score=-float(cost),
+                        propensity=min(1.0, propensity),
+                        explored=j != greedy,
+                        features={
+                            **static[chosen],
+                            "sim": float(served_sim[chosen]),
+                            "pos": pos_value,
+                        },
+                    )
+                )
+                eligible_mask[chosen] = False
+                artist = pool[chosen].artist
+                per_artist[artist] += 1
+                if max_per_artist is not None and per_artist[artist] >= max_per_artist:
+                    eligible_mask[by_artist[artist]] = False
+                if units is not None:
+                    np.maximum(sim, units @ units[chosen], out=sim)
+        finally:
+            self._ws.finish_example(exs)
+        return slate
+
+    # ------------------------------------------------------------------ learning
+
+    def _example(
+        self,
+        shared: Mapping[str, Any],
+        features: Mapping[str, float],
+        label: dict[str, float] | None = None,
+    ) -> str:
+        unknown = set(features) - set(ACTION_FEATURES)
+        if unknown:
+            raise ValueError(
+                f"unknown action features {sorted(unknown)}; expected {ACTION_FEATURES}"
+            )
+        action: dict[str, Any] = {
+            "a": {k: float(features[k]) for k in _STATIC if k in features},
+            "d": {"sim": float(features.get("sim", 0.0))},
+        }
+        if label is not None:
+            action["_label"] = label
+        return json.dumps(
+            {
+                "s": self._shared_namespace(shared),
+                "p": {"pos": float(features.get("pos", 0.0))},
+                "_multi": [action],
+            }
+        )
+
+    def learn_one(
+        self,
+        shared: Mapping[str, Any],
+        features: Mapping[str, float],
+        propensity: float,
+        reward: float,
+        w: float = 1.0,
+    ) -> None:
+        """Learn from one placed action: its served ``features``, ``propensity`` and ``reward``.
+
+        The cost is ``-reward``; ``w`` is the sample weight (decay x type), applied as described
+        in the module docstring. ``w = 0`` is a no-op. The inputs are never mutated.
+        """
+        if not 0.0 < propensity <= 1.0:
+            raise ValueError(f"propensity must be in (0, 1], got {propensity!r}")
+        if not math.isfinite(reward):
+            raise ValueError(f"reward must be finite, got {reward!r}")
+        if not (w >= 0.0 and math.isfinite(w)):
+            raise ValueError(f"w must be finite and >= 0, got {w!r}")
+        if w == 0.0:
+            return
+        # SquareCB regresses without 1/p, so its importance is w; MTR's is (1/p) * w.
+        probability = 1.0 / w if self.exploration == "squarecb" else propensity / w
+        label = {"Cost": -float(reward), "Probability": probability}
+        self._ws.learn(self._example(shared, features, label))
+        self.n_learned += 1
+
+    def predict_one(self, shared: Mapping[str, Any], features: Mapping[str, float]) -> float:
+        """VW's estimated reward for one action with these (served) features."""
+        exs = self._ws.parse(self._example(shared, features))
+        try:
+            self._ws.predict(exs)
+            return -float(exs[1].get_partial_prediction())
+        finally:
+            self._ws.finish_example(exs)
+
+    # ------------------------------------------------------------------ persistence
+
+    def dump(self, path: Path) -> None:
+        """Write the reranker to ``path``: VW's model with resume state, the RNG, counters.
+
+        A pickle of plain data (load only files segue wrote).
+        """
+        with tempfile.TemporaryDirectory() as tmp:
+            model = Path(tmp) / "model.vw"
+            self._ws.save(str(model))
+            vw_bytes = model.read_bytes()
+        state = {
+            "format": _FORMAT,
+            "params": self._params(),
+            "n_learned": self.n_learned,
+            "rng_state": self._rng.bit_generator.state,
+            "vw_model": vw_bytes,
+            "vw_version": vowpalwabbit.__version__,
+        }
+        with Path(path).open("wb") as f:
+            pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def load(cls, path: Path) -> BanditReranker:
+        """Read a reranker written by :meth:`dump`; learning continues exactly as before."""
+        with Path(path).open("rb") as f:
+            state = pickle.load(f)
+        if not isinstance(state, dict) or state.get("format") != _FORMAT:
+            raise ValueError(f"{path} is not a segue bandit model ({_FORMAT})")
+        bandit = cls(**state["params"])
+        bandit._ws.finish()
+        with tempfile.TemporaryDirectory() as tmp:
+            model = Path(tmp) / "model.vw"
+            model.write_bytes(state["vw_model"])
+            bandit._ws = vowpalwabbit.Workspace(f"{bandit._vw_args()} -i {model}")
+        bandit._sim_index, bandit._pos_index = bandit._slot_feature_indices()
+        bandit.n_learned = state["n_learned"]
+        bandit._rng.bit_generator.state = state["rng_state"]
+        return bandit
+
+    def __del__(self) -> None:
+        ws = getattr(self, "_ws", None)
+        if ws is not None:
+            with contextlib.suppress(Exception):  # interpreter shutdown: nothing to release
+                ws.finish()
