@@ -1,0 +1,333 @@
+"""Retrievers: conformance for both implementations, HNSW recall against the exact oracle."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from online.demo import demo_vectors
+from online.retrieval import (
+    BruteForceRetriever,
+    HNSWRetriever,
+    Retriever,
+    RetrieverFormatError,
+)
+
+DIM = 32
+N = 20_000
+K = 100
+EF = 200  # measured: recall@100 about 0.98 on this data
+
+
+def make(kind: str, dim: int = DIM, **params) -> Retriever:
+    if kind == "brute":
+        return BruteForceRetriever(dim)
+    return HNSWRetriever(dim, ef=params.pop("ef", EF), seed=0, **params)
+
+
+def recall(r: Retriever, oracle: Retriever, queries: np.ndarray, k: int = K) -> float:
+    hits = 0
+    for q in queries:
+        got, _ = r.query(q, k)
+        want, _ = oracle.query(q, k)
+        hits += np.intersect1d(got, want).size
+    return hits / (k * len(queries))
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    """20k clustered 32-d vectors with log-normal norms (MIPS), and 100 queries."""
+    vectors = demo_vectors(N, DIM, seed=1, norm_spread=0.3)
+    queries = demo_vectors(100, DIM, seed=2, norm_spread=0.3)
+    return vectors, queries
+
+
+@pytest.fixture(scope="module")
+def built(data) -> tuple[HNSWRetriever, BruteForceRetriever]:
+    vectors, _ = data
+    hnsw = HNSWRetriever(DIM, ef=EF, seed=0, num_threads=2)
+    oracle = BruteForceRetriever(DIM)
+    for r in (hnsw, oracle):
+        r.upsert(np.arange(N), vectors)
+    return hnsw, oracle
+
+
+# -- conformance, both implementations ------------------------------------------------------
+
+KINDS = ["brute", "hnsw"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tiny_world_known_answer(kind):
+    r = make(kind, dim=2)
+    r.upsert(np.array([10, 11, 12]), np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 5.0]]))
+    ids, scores = r.query(np.array([1.0, 0.5]), k=3)
+    # inner products: 10 -> 1.0, 11 -> 3.0, 12 -> 2.5; the longest vector wins, not the closest
+    assert ids.tolist() == [11, 12, 10]
+    assert scores.tolist() == pytest.approx([3.0, 2.5, 1.0])
+    assert ids.dtype == np.int64 and scores.dtype == np.float32
+    assert isinstance(r, Retriever)
+    assert len(r) == 3
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_upsert_replaces_remove_masks_and_upsert_revives(kind):
+    r = make(kind, dim=2)
+    r.upsert(np.array([0, 1, 2]), np.array([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]]))
+    r.upsert(np.array([2]), np.array([[-1.0, 0.0]]))  # moved
+    assert r.query(np.array([1.0, 0.0]), k=1)[0].tolist() == [1]
+    assert r.remove(np.array([1, 1, 99])) == 1
+    assert len(r) == 2
+    assert r.query(np.array([1.0, 0.0]), k=3)[0].tolist() == [0, 2]
+    assert r.remove(np.array([1])) == 0
+    r.upsert(np.array([1]), np.array([[5.0, 0.0]]))
+    assert len(r) == 3
+    assert r.query(np.array([1.0, 0.0]), k=1)[0].tolist() == [1]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_exclude_drops_ids_and_still_fills_k(kind, data):
+    vectors, queries = data
+    r = make(kind)
+    r.upsert(np.arange(2_000), vectors[:2_000])
+    first, _ = r.query(queries[0], k=20)
+    excluded = set(first[:10].tolist())
+    ids, _ = r.query(queries[0], k=20, exclude=excluded)
+    assert len(ids) == 20
+    assert not excluded & set(ids.tolist())
+    assert ids[:10].tolist() == first[10:].tolist()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_empty_and_small(kind):
+    r = make(kind, dim=3)
+    ids, scores = r.query(np.ones(3), k=5)
+    assert ids.size == 0 and scores.size == 0
+    r.upsert(np.array([4]), np.ones((1, 3)))
+    assert r.query(np.ones(3), k=5)[0].tolist() == [4]
+    assert r.query(np.ones(3), k=0)[0].size == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    ("ids", "vectors", "message"),
+    [
+        (np.array([0, 1]), np.ones((3, 4)), r"vectors must have shape \(2, 4\), got \(3, 4\)"),
+        (np.array([0]), np.ones((1, 5)), r"vectors must have shape \(1, 4\), got \(1, 5\)"),
+        (np.array([-1]), np.ones((1, 4)), "ids must be non-negative, got -1"),
+        (np.array([0.5]), np.ones((1, 4)), "ids must be integers, got dtype float64"),
+        (np.array([[0]]), np.ones((1, 4)), r"ids must be one-dimensional, got shape \(1, 1\)"),
+        (np.array([0]), np.array([[1.0, np.nan, 0, 0]]), "vectors contain NaN or infinite"),
+        (np.array([0]), np.array([[1.0, np.inf, 0, 0]]), "vectors contain NaN or infinite"),
+    ],
+)
+def test_invalid_upserts_are_refused(kind, ids, vectors, message):
+    r = make(kind, dim=4)
+    with pytest.raises(ValueError, match=message):
+        r.upsert(ids, vectors)
+    assert len(r) == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        (np.ones(3), "query must have 4 values, got 3"),
+        (np.array([np.nan, 0, 0, 0]), "query contains NaN or infinite values"),
+    ],
+)
+def test_invalid_queries_are_refused(kind, query, message):
+    r = make(kind, dim=4)
+    r.upsert(np.array([0]), np.ones((1, 4)))
+    with pytest.raises(ValueError, match=message):
+        r.query(query, k=1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_duplicate_ids_in_one_upsert_last_wins(kind):
+    r = make(kind, dim=2)
+    r.upsert(np.array([3, 3]), np.array([[1.0, 0.0], [7.0, 0.0]]))
+    assert len(r) == 1
+    assert r.query(np.array([1.0, 0.0]), k=1)[1].tolist() == [7.0]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_load_gives_identical_answers(kind, data, tmp_path):
+    vectors, queries = data
+    r = make(kind)
+    r.upsert(np.arange(3_000), vectors[:3_000])
+    r.remove(np.arange(0, 3_000, 7))
+    r.save(tmp_path / "r")
+    loaded = type(r).load(tmp_path / "r")
+    assert len(loaded) == len(r)
+    for q in queries[:20]:
+        a, b = r.query(q, k=50), loaded.query(q, k=50)
+        assert np.array_equal(a[0], b[0])
+        assert np.array_equal(a[1], b[1])
+    assert len(r.clone()) == 0
+
+
+def test_load_refuses_another_kind(tmp_path):
+    r = BruteForceRetriever(4)
+    r.save(tmp_path / "b")
+    with pytest.raises(RetrieverFormatError, match="holds a 'brute_force', not a 'hnsw'"):
+        HNSWRetriever.load(tmp_path / "b")
+    with pytest.raises(RetrieverFormatError, match=r"no meta\.json"):
+        BruteForceRetriever.load(tmp_path / "missing")
+
+
+def test_same_seed_same_graph(data):
+    vectors, queries = data
+    answers = []
+    for _ in range(2):
+        r = HNSWRetriever(DIM, ef=50, seed=7, num_threads=1)
+        r.upsert(np.arange(3_000), vectors[:3_000])
+        answers.append([r.query(q, k=20)[0].tolist() for q in queries[:20]])
+    assert answers[0] == answers[1]
+
+
+# -- recall against the oracle --------------------------------------------------------------
+
+
+def test_recall_before_and_after_save_load(built, data, tmp_path):
+    hnsw, oracle = built
+    _, queries = data
+    assert recall(hnsw, oracle, queries) >= 0.95
+    hnsw.save(tmp_path / "hnsw")
+    loaded = HNSWRetriever.load(tmp_path / "hnsw")
+    assert recall(loaded, oracle, queries) >= 0.95
+    # exact scores: every returned score is the true inner product
+    ids, scores = loaded.query(queries[0], k=K)
+    assert np.allclose(scores, data[0][ids] @ queries[0], atol=1e-5)
+
+
+def test_recall_after_vectors_move_and_items_arrive(data):
+    vectors, queries = data
+    hnsw = HNSWRetriever(DIM, ef=EF, seed=0, num_threads=2, capacity=1024)
+    oracle = BruteForceRetriever(DIM)
+    for r in (hnsw, oracle):
+        r.upsert(np.arange(10_000), vectors[:10_000])
+    # an artist latent moves: 3,000 vectors get new positions (and norms); 6,000 new ids
+    rng = np.random.default_rng(5)
+    moved = rng.choice(10_000, size=3_000, replace=False)
+    new_vectors = demo_vectors(3_000, DIM, seed=9, norm_spread=0.3)
+    slots_before = hnsw.stats["graph_slots"]
+    for r in (hnsw, oracle):
+        r.upsert(moved, new_vectors)
+        for start in range(10_000, 16_000, 500):  # incremental arrivals, past capacity
+            r.upsert(np.arange(start, start + 500), vectors[start : start + 500])
+    assert len(hnsw) == len(oracle) == 16_000
+    assert hnsw.stats["graph_slots"] > slots_before
+    assert hnsw.stats["graph_elements"] == 16_000
+    assert recall(hnsw, oracle, queries) >= 0.95
+    # a moved vector is scored where it now is, not where it was
+    ids, scores = hnsw.query(new_vectors[0], k=5)
+    assert ids.tolist() == oracle.query(new_vectors[0], k=5)[0].tolist()
+    got = dict(zip(ids.tolist(), scores.tolist(), strict=True))
+    if moved[0] in got:
+        assert got[moved[0]] == pytest.approx(float(new_vectors[0] @ new_vectors[0]), rel=1e-5)
+
+
+def test_recall_after_removals_and_removed_never_returned(data):
+    vectors, queries = data
+    hnsw = HNSWRetriever(DIM, ef=EF, seed=0, num_threads=2)
+    oracle = BruteForceRetriever(DIM)
+    for r in (hnsw, oracle):
+        r.upsert(np.arange(10_000), vectors[:10_000])
+    removed = np.random.default_rng(3).choice(10_000, size=3_000, replace=False)
+    for r in (hnsw, oracle):
+        assert r.remove(removed) == 3_000
+    assert recall(hnsw, oracle, queries) >= 0.95
+    gone = set(removed.tolist())
+    for q in queries[:30]:
+        assert not gone & set(hnsw.query(q, k=K)[0].tolist())
+    hnsw.rebuild()  # compaction keeps the answers
+    assert hnsw.stats["graph_elements"] == 7_000
+    assert recall(hnsw, oracle, queries) >= 0.95
+
+
+def test_nearly_everything_removed_falls_back_to_exact(data):
+    vectors, queries = data
+    hnsw, oracle = make("hnsw", ef=10), BruteForceRetriever(DIM)
+    for r in (hnsw, oracle):
+        r.upsert(np.arange(5_000), vectors[:5_000])
+        r.remove(np.arange(5, 5_000))
+    for q in queries[:10]:
+        assert hnsw.query(q, k=5)[0].tolist() == oracle.query(q, k=5)[0].tolist()
+
+
+def test_per_query_ef_overrides_default(built, data):
+    hnsw, oracle = built
+    _, queries = data
+    low = np.mean(
+        [np.intersect1d(hnsw.query(q, K, ef=K)[0], oracle.query(q, K)[0]).size for q in queries]
+    )
+    high = np.mean(
+        [np.intersect1d(hnsw.query(q, K, ef=400)[0], oracle.query(q, K)[0]).size for q in queries]
+    )
+    assert high >= low
+    assert high / K >= 0.97
+
+
+# -- concurrency ----------------------------------------------------------------------------
+
+
+def test_queries_stay_valid_while_another_thread_writes(data):
+    """Readers query (with two different ef) while a writer moves, adds and removes vectors."""
+    vectors, queries = data
+    hnsw = HNSWRetriever(DIM, ef=EF, seed=0, num_threads=1, capacity=1024, write_batch=256)
+    oracle = BruteForceRetriever(DIM)
+    for r in (hnsw, oracle):
+        r.upsert(np.arange(8_000), vectors[:8_000])
+    rng = np.random.default_rng(11)
+    moved = rng.choice(8_000, size=2_000, replace=False)
+    moved_vectors = demo_vectors(2_000, DIM, seed=12, norm_spread=0.3)
+    removed = rng.choice(8_000, size=500, replace=False)
+    id_limit = 14_000
+    errors: list[BaseException] = []
+    done = threading.Event()
+    counts = [0, 0, 0]
+
+    def reader(slot: int, ef: int) -> None:
+        try:
+            i = 0
+            while not done.is_set() or i < 20:
+                ids, scores = hnsw.query(queries[i % len(queries)], k=50, ef=ef)
+                assert ids.size == 50
+                assert np.unique(ids).size == 50
+                assert ids.min() >= 0 and ids.max() < id_limit
+                assert np.all(np.diff(scores) <= 0)
+                counts[slot] += 1
+                i += 1
+        except BaseException as exc:  # re-raised in the test thread
+            errors.append(exc)
+
+    def writer() -> None:
+        try:
+            for start in range(0, 2_000, 250):
+                hnsw.upsert(moved[start : start + 250], moved_vectors[start : start + 250])
+            for start in range(8_000, id_limit, 500):  # grows past capacity: resize_index
+                hnsw.upsert(np.arange(start, start + 500), vectors[start : start + 500])
+            hnsw.remove(removed)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            done.set()
+
+    threads = [threading.Thread(target=reader, args=(s, ef)) for s, ef in enumerate((EF, EF, 80))]
+    threads.append(threading.Thread(target=writer))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    assert not errors, errors[0]
+    assert min(counts) >= 20
+
+    oracle.upsert(moved, moved_vectors)
+    oracle.upsert(np.arange(8_000, id_limit), vectors[8_000:id_limit])
+    oracle.remove(removed)
+    assert len(hnsw) == len(oracle)
+    assert recall(hnsw, oracle, queries) >= 0.95
