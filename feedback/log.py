@@ -140,6 +140,7 @@ class SQLEventLog:
         self._write_lock = threading.Lock()
         self._ingests = 0
         self._schema_ready = False
+        self._schema_lock = threading.Lock()
         if is_postgres(engine):
             self._insert: Any = postgresql.insert
         elif is_sqlite(engine):
@@ -158,12 +159,17 @@ class SQLEventLog:
         whose database is down still starts (and answers 503) instead of crashing."""
         if self._schema_ready:
             return
-        try:
-            tables.METADATA.create_all(self._engine)
-        except sa.exc.DBAPIError:
-            # another process created the tables between the check and the create
-            tables.METADATA.create_all(self._engine)
-        self._schema_ready = True
+        with self._schema_lock:
+            if self._schema_ready:
+                return
+            # IF NOT EXISTS: several processes (service, learner, CLI) may start at once
+            with self._engine.begin() as conn:
+                self._lock_for_write(conn)  # PostgreSQL's IF NOT EXISTS races on its catalog
+                for table in tables.METADATA.sorted_tables:
+                    conn.execute(sa.schema.CreateTable(table, if_not_exists=True))
+                    for index in table.indexes:
+                        conn.execute(sa.schema.CreateIndex(index, if_not_exists=True))
+            self._schema_ready = True
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -189,8 +195,7 @@ class SQLEventLog:
         received_at = time.time() if now is None else now
         self.ensure_schema()
         with self._write_lock, self._engine.begin() as conn:
-            if is_postgres(self._engine):
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_APPEND_LOCK_KEY)))
+            self._lock_for_write(conn)
             if batch_key is not None:
                 stored = conn.execute(
                     sa.select(tables.batches.c.response).where(
@@ -255,6 +260,16 @@ class SQLEventLog:
         if self._ingests % 1000 == 0:
             self.forget_batches(older_than=received_at - self._batch_memory_s)
         return result
+
+    def _lock_for_write(self, conn: sa.Connection) -> None:
+        """Take the database's write lock first: on SQLite a transaction that reads and then
+        writes fails with "database is locked" when another writer got in between (no busy
+        wait on a lock upgrade), so writes begin IMMEDIATE; on PostgreSQL an advisory lock
+        keeps offsets in commit order."""
+        if is_postgres(self._engine):
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_APPEND_LOCK_KEY)))
+        elif is_sqlite(self._engine):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     def _insert_events(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> int:
         """Insert rows, skipping event ids already stored; returns how many were new.

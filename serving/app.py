@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
-from serving import feedback_api
+from serving import feedback_api, recommend_api
 from serving.services import Services, get_services
 from serving.settings import Settings, load_settings
 
@@ -29,16 +29,27 @@ def create_app(
     *,
     clock: Callable[[], float] = time.time,
     services: Services | None = None,
+    demo: bool = False,
+    embedded_learner: bool = True,
 ) -> FastAPI:
-    """Build the segue HTTP app for ``settings`` (read from the environment when omitted)."""
+    """Build the segue HTTP app for ``settings`` (read from the environment when omitted).
+
+    ``demo`` generates a demo catalog when the catalog is empty; ``embedded_learner`` runs the
+    learner in a background thread of this process (the embedded mode of ``segue serve``).
+    """
     settings = settings or load_settings()
-    services = services or Services.build(settings, clock=clock)
+    services = services or Services.build(settings, clock=clock, demo=demo)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if embedded_learner:
+            services.start_learner()
+        else:
+            services.start_reloader()
         try:
             yield
         finally:
+            services.recommender.close()
             services.close()
 
     app = FastAPI(
@@ -72,7 +83,7 @@ def create_app(
     def ready(
         response: Response, services: Annotated[Services, Depends(get_services)]
     ) -> HealthOut:
-        """Ready to take traffic: the event log answers."""
+        """Ready to take traffic: the event log answers and the catalog has items."""
         checks: dict[str, str] = {}
         try:
             with services.log.engine.connect() as conn:
@@ -80,7 +91,10 @@ def create_app(
             checks["event_log"] = "ok"
         except sa.exc.SQLAlchemyError as exc:
             checks["event_log"] = f"unavailable: {type(exc).__name__}"
-        ok = all(v == "ok" for v in checks.values())
+        checks["catalog"] = "ok" if len(services.catalog) else "empty"
+        if services.learner is not None and services.learner.last_error:
+            checks["learner"] = f"failing: {services.learner.last_error}"
+        ok = checks["event_log"] == "ok"
         if not ok:
             response.status_code = 503
         return HealthOut(status="ok" if ok else "unavailable", checks=checks)
@@ -91,14 +105,17 @@ def create_app(
         return Response(services.metrics.render(), media_type="text/plain; version=0.0.4")
 
     app.include_router(feedback_api.router, tags=["feedback"])
+    app.include_router(recommend_api.router, tags=["recommendations"])
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(
                 title=app.title, version=app.version, summary=app.summary, routes=app.routes
             )
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(
-                feedback_api.openapi_schemas()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(feedback_api.openapi_schemas())
+            components["ItemIn"] = recommend_api.ItemIn.model_json_schema(
+                ref_template="#/components/schemas/{model}"
             )
             app.openapi_schema = schema
         return app.openapi_schema

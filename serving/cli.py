@@ -1,62 +1,72 @@
 """The ``segue`` command.
 
-Subcommands load lazily (click's documented lazy-group pattern): ``segue snapshots rollback``
-imports only the snapshots package, so an operator can roll back even when River, Vowpal
-Wabbit, hnswlib or FastAPI are broken.
+Subcommands load lazily (click's lazy-group pattern on typer's group class): ``segue snapshots
+rollback`` imports only the snapshots package, so an operator can roll back even when River,
+Vowpal Wabbit, hnswlib or FastAPI are broken. ``segue --help`` loads them all to describe them.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
 from typing import Any
 
-import click
+import typer
 import typer.main
+from typer.core import TyperGroup
 
-# name -> ("module:attribute", one-line help shown by ``segue --help`` without importing it)
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("serving.cli_serve:serve_app", "Run the HTTP service (and, embedded, the learner)."),
-    "feedback": ("serving.cli_feedback:app", "Inspect the event log and the dead letters."),
-    "snapshots": ("snapshots.cli:app", "List, diff, pin and roll back model snapshots."),
+# name -> "module:attribute" of a Typer app (a group, or an app with a single command)
+SUBCOMMANDS: dict[str, str] = {
+    "serve": "serving.cli_serve:serve_app",
+    "learn": "serving.cli_learn:learn_app",
+    "feedback": "serving.cli_feedback:app",
+    "catalog": "serving.cli_catalog:app",
+    "snapshots": "snapshots.cli:app",
+    "replay": "serving.cli_research:replay_app",
+    "ope": "serving.cli_research:ope_app",
+    "simulate": "serving.cli_research:simulate_app",
 }
 
 
-class LazyGroup(click.Group):
-    """A group whose subcommands are imported only when they are run."""
+class LazyGroup(TyperGroup):
+    """A group whose subcommands are imported only when they are used."""
 
-    def __init__(self, *args: Any, lazy: dict[str, tuple[str, str]], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._lazy = lazy
+    def list_commands(self, ctx: Any) -> list[str]:
+        return sorted({*super().list_commands(ctx), *SUBCOMMANDS})
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), *self._lazy])
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in self._lazy:
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        target = SUBCOMMANDS.get(cmd_name)
+        if target is None:
             return super().get_command(ctx, cmd_name)
-        target, _ = self._lazy[cmd_name]
         module_name, attr = target.split(":")
-        obj = getattr(importlib.import_module(module_name), attr)
-        command = obj if isinstance(obj, click.Command) else typer.main.get_command(obj)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                return None  # that part of segue is not installed in this build
+            raise
+        command = typer.main.get_command(getattr(module, attr))
         command.name = cmd_name
         return command
 
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, self._lazy[name][1]) for name in sorted(self._lazy)]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
 
-
-cli = LazyGroup(
+app = typer.Typer(
+    cls=LazyGroup,
     name="segue",
-    lazy=SUBCOMMANDS,
-    help="segue: an online-learning recommender service with a bandit reranker.\n\n"
-    "Example: segue serve --demo",
+    help="segue: an online-learning recommender service with a bandit reranker.",
+    no_args_is_help=True,
+    add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
-def main(argv: list[str] | None = None) -> None:
+@app.callback()
+def _root() -> None:
+    """segue: an online-learning recommender service with a bandit reranker.
+
+    Example: segue serve --demo
+    """
+
+
+def main() -> None:
     """Entry point of the ``segue`` console script."""
-    cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="segue")
+    app()

@@ -18,6 +18,13 @@ def serve(
     demo: Annotated[
         bool, typer.Option(help="Generate a demo catalog when the catalog is empty.")
     ] = False,
+    learner: Annotated[
+        bool,
+        typer.Option(
+            help="Run the learner in this process (embedded mode). Use --no-learner when "
+            "'segue learn' runs as its own process."
+        ),
+    ] = True,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Run the HTTP service. Example: segue serve --port 8000 --demo"""
@@ -30,7 +37,7 @@ def serve(
     except SettingsError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
-    app = create_app(settings)
+    app = create_app(settings, demo=demo, embedded_learner=learner)
     uvicorn.run(
         app,
         host=host or settings.serving.host,

@@ -206,5 +206,5 @@ async def post_feedback(
         for rej in bad:
             metrics.dead_letters.labels(rej.code).inc()
         if result.accepted:
-            services.notify_new_events()
+            services.observe(good)
     return Response(orjson.dumps(result.to_json()), media_type="application/json")

@@ -1,21 +1,40 @@
 """The objects a running app works with, built once per app by :func:`serving.app.create_app`.
 
 Routes get them through the :func:`get_services` dependency, never from module globals.
+
+Two modes (DESIGN: "embedded by default, distributed when outgrown"):
+
+* embedded (``segue serve``): the learner runs in a background thread on the very engine the
+  requests read, so a model update is served the moment it is learned;
+* without an embedded learner (``segue serve --no-learner`` beside ``segue learn``): the
+  service loads ``CURRENT``'s snapshot and reloads it whenever the pointer moves.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from fastapi import Request
 
 from feedback.db import create_db_engine
+from feedback.decisions import DecisionLog, InMemoryDecisionLog, RedisDecisionLog
+from feedback.events import Event
 from feedback.log import SQLEventLog
+from online.catalog import Catalog
+from online.demo import generate_demo_catalog
+from online.engine import Engine
+from online.learner import Learner, StepReport, open_engine
 from serving.metrics import Metrics
+from serving.recommender import Recommender
 from serving.settings import Settings
+from snapshots import CutSchedule, SnapshotStore
+from snapshots.guard import PromotionGuard
+
+logger = logging.getLogger("segue.serving")
 
 
 @dataclass
@@ -23,29 +42,162 @@ class Services:
     settings: Settings
     log: SQLEventLog
     metrics: Metrics
+    catalog: Catalog
+    store: SnapshotStore
+    engine: Engine
+    decisions: DecisionLog
     clock: Callable[[], float] = time.time
     new_events: threading.Event = field(default_factory=threading.Event)
+    learner: Learner | None = None
+    recommender: Recommender = field(init=False)
+    popular: tuple[str, ...] = ()
+    _popular_version: int = -1
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
 
-    def notify_new_events(self) -> None:
-        """Wake the in-process learner: the log has grown."""
-        self.new_events.set()
+    def __post_init__(self) -> None:
+        self.recommender = Recommender(self.settings.serving, self.metrics)
+
+    # -- building ---------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, settings: Settings, *, clock: Callable[[], float] = time.time) -> Services:
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        demo: bool = False,
+    ) -> Services:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = create_db_engine(
+        db = create_db_engine(
             settings.resolved_database_url(),
             timeout_s=settings.db_timeout_s,
             sqlite_synchronous=settings.sqlite_synchronous,
         )
-        return cls(
+        log = SQLEventLog(db, batch_memory_s=settings.feedback.batch_memory_s)
+        catalog = Catalog(db, embedding_dim=settings.embedding_dim, load=False)
+        try:
+            catalog.load()
+        except Exception:  # a database that is down: start anyway, /health/ready says so
+            logger.exception("could not load the catalog")
+        if demo and len(catalog) == 0:
+            n = settings.serving.demo_items
+            logger.info("generating a demo catalog of %d items", n)
+            catalog.upsert(
+                generate_demo_catalog(
+                    n, dim=settings.embedding_dim, seed=settings.engine.seed, now=clock()
+                )
+            )
+        if settings.redis_url:
+            decisions: DecisionLog = RedisDecisionLog(
+                settings.redis_url, ttl_s=settings.learner.decision_ttl_s
+            )
+        else:
+            decisions = InMemoryDecisionLog(ttl_s=settings.learner.decision_ttl_s, clock=clock)
+        store = SnapshotStore(
+            settings.snapshot_dir(),
+            keep=settings.snapshot.keep,
+            guard=PromotionGuard.from_settings(settings.snapshot),
+        )
+        engine = open_engine(catalog, store, settings.engine, settings.learner, decisions=decisions)
+        services = cls(
             settings=settings,
-            log=SQLEventLog(engine, batch_memory_s=settings.feedback.batch_memory_s),
+            log=log,
             metrics=Metrics(),
+            catalog=catalog,
+            store=store,
+            engine=engine,
+            decisions=decisions,
             clock=clock,
         )
+        services.refresh_popular()
+        services.metrics.model_info.labels(engine.model_version).set(1)
+        return services
+
+    # -- running ----------------------------------------------------------------------------
+
+    def start_learner(self) -> Learner:
+        """Run the learner in a background thread on the served engine (embedded mode)."""
+        learner = Learner(
+            self.engine,
+            self.log,
+            store=self.store,
+            schedule=CutSchedule.from_settings(self.settings.snapshot),
+            sessions=False,  # the intake records plays in sessions itself (observe_sessions)
+            on_swap=self.swap_engine,
+            on_step=self._after_step,
+        )
+        self.learner = learner
+        self._threads.append(learner.start(self._stop, self.new_events))
+        return learner
+
+    def start_reloader(self) -> None:
+        """Without an embedded learner: serve each new ``CURRENT`` within ``reload_poll_s``."""
+
+        def loop() -> None:
+            while not self._stop.wait(self.settings.serving.reload_poll_s):
+                try:
+                    if self.store.poll() is None:
+                        continue
+                    fresh = open_engine(
+                        self.catalog,
+                        self.store,
+                        self.settings.engine,
+                        self.settings.learner,
+                        decisions=self.decisions,
+                        content_index=self.engine.content_index,
+                    )
+                    self.swap_engine(fresh)
+                except Exception:
+                    logger.exception("could not load the new CURRENT snapshot; keeping the old")
+
+        self.store.poll()  # remember the pointer this engine was loaded from
+        thread = threading.Thread(target=loop, name="segue-reloader", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def swap_engine(self, engine: Engine) -> None:
+        """Serve ``engine`` from now on (requests in flight finish on the old one)."""
+        old = self.engine.model_version
+        self.engine = engine
+        self.metrics.model_info.clear()
+        self.metrics.model_info.labels(engine.model_version).set(1)
+        self.refresh_popular()
+        logger.warning("now serving %s (was %s)", engine.model_version, old)
+
+    def _after_step(self, learner: Learner, report: StepReport) -> None:
+        if report.events:
+            self.metrics.learner_events.inc(report.events)
+        if report.events or self._popular_version != self.catalog.version:
+            self.refresh_popular()
+        try:
+            self.metrics.learner_lag_events.set(
+                max(0, self.log.last_offset() - learner.engine.offset)
+            )
+        except Exception:  # metrics must never stop learning
+            logger.debug("could not read the log's last offset", exc_info=True)
+
+    def refresh_popular(self) -> None:
+        """Recompute the precomputed popular-now list the fallback serves."""
+        try:
+            version = self.catalog.version
+            self.popular = tuple(self.engine.popular_now(200, now=self.clock()))
+            self._popular_version = version
+        except Exception:
+            logger.exception("could not refresh the popular-now list; keeping the old one")
+
+    def observe(self, events: Iterable[Event]) -> None:
+        """After a batch is stored: record its plays in sessions and wake the learner."""
+        events = list(events)
+        if events:
+            self.engine.observe_sessions(events)
+            self.new_events.set()
 
     def close(self) -> None:
+        self._stop.set()
+        self.new_events.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
         self.log.close()
 
 

@@ -13,6 +13,8 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from feedback.settings import FeedbackSettings
+from online.settings import EngineSettings, LearnerSettings
+from snapshots.settings import SnapshotSettings
 
 
 class ServingSettings(BaseSettings):
@@ -27,6 +29,33 @@ class ServingSettings(BaseSettings):
 
     port: int = Field(8000, ge=1, le=65535)
     """Port ``segue serve`` listens on."""
+
+    budget_ms: float = Field(150.0, gt=0)
+    """Total time a list may take; past it the answer is the popular-now fallback."""
+
+    candidates_timeout_ms: float = Field(50.0, gt=0)
+    """A candidates stage slower than this counts as a failure for its circuit breaker."""
+
+    relevance_timeout_ms: float = Field(50.0, gt=0)
+    """A relevance stage slower than this counts as a failure for its circuit breaker."""
+
+    rerank_timeout_ms: float = Field(80.0, gt=0)
+    """A rerank stage slower than this counts as a failure for its circuit breaker."""
+
+    breaker_failures: int = Field(5, ge=1)
+    """Consecutive failures (errors or timeouts) of a stage that open its breaker."""
+
+    breaker_open_s: float = Field(10.0, gt=0)
+    """How long an open breaker sends every request to the fallback before probing."""
+
+    workers: int = Field(4, ge=1, le=64)
+    """Threads computing lists (the models hold one lock; more threads absorb slow stages)."""
+
+    reload_poll_s: float = Field(0.5, gt=0)
+    """How often a service without an embedded learner checks CURRENT for a new snapshot."""
+
+    demo_items: int = Field(20_000, ge=1)
+    """Size of the catalog ``segue serve --demo`` generates when the catalog is empty."""
 
 
 class Settings(BaseSettings):
@@ -52,8 +81,17 @@ class Settings(BaseSettings):
     sqlite_synchronous: str = Field("FULL", pattern="^(?i:OFF|NORMAL|FULL|EXTRA)$")
     """SQLite ``synchronous`` pragma: FULL survives power loss, NORMAL only a process crash."""
 
+    embedding_dim: int | None = Field(64, ge=1)
+    """Dimension of the catalog's content embeddings (unset: the catalog has none)."""
+
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    learner: LearnerSettings = Field(default_factory=LearnerSettings)
+    snapshot: SnapshotSettings = Field(default_factory=SnapshotSettings)
+
+    def snapshot_dir(self) -> Path:
+        return self.snapshot.dir or self.data_dir / "snapshots"
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -1,0 +1,787 @@
+"""The engine: one object that makes lists and learns from what happened to them.
+
+The service, the learner and every simulation drive this same object, so what a researcher
+measures offline is what ships. A list is made in three stages (each its own method, so the
+serving path can time and guard them one by one):
+
+1. :meth:`Engine.candidates` - a few hundred items from five channels: ANN over learned item
+   vectors with the listener's vector, ANN over content embeddings with the session vector,
+   items that followed the listener's last plays (co-visitation), trending, and fresh items;
+   minus unavailable, excluded and just-played ones.
+2. :meth:`Engine.score` - the River relevance model scores every candidate; the best
+   ``rerank_pool`` go on.
+3. :meth:`Engine.rerank` - the VW bandit fills the ``k`` slots one by one (or, as the
+   baseline, greedy by relevance), respecting the per-artist limit; every placed item has its
+   propensity, and the whole decision goes to the decision log for the reward join.
+
+:meth:`Engine.learn` is the learning path: events in log order go through the reward join;
+relevance samples train the River model, impressed slots train the bandit, each weighted by
+``0.5 ** (age / half_life)`` against the event-time watermark; popularity, exposure,
+co-visitation and sessions update alongside; the ANN index follows the moving item vectors
+(:meth:`Engine.refresh_index`).
+
+Concurrency: VW and hnswlib are not thread-safe, so every method that reads or writes model
+state holds ``self.lock`` (an ``RLock``). The learner holds it for small chunks of events, so a
+request waits at most one chunk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from river import metrics as river_metrics
+
+from feedback.attribution import JoinOutput, RewardJoiner
+from feedback.decisions import DecisionLog, InMemoryDecisionLog
+from feedback.events import Context, Decision, Event, SlateEntry
+from feedback.rewards import RewardFunction
+from online.bandit import BanditReranker, Candidate
+from online.catalog import Catalog
+from online.decay import decay_weight
+from online.items import Item
+from online.recommendation import Recommendation, RecommendedItem
+from online.relevance import RelevanceModel
+from online.retrieval import HNSWRetriever
+from online.settings import EngineSettings, LearnerSettings
+from online.state import Exposure, Popularity, Sessions, Transitions
+
+__all__ = [
+    "CandidatePool",
+    "ContentIndex",
+    "Engine",
+    "LearnReport",
+    "ScoredPool",
+    "as_recommendation",
+]
+
+_FORMAT = "segue.engine/1"
+_DAY = 86_400.0
+CHANNELS = ("cf", "content", "covisit", "trending", "fresh")
+
+
+@dataclass(slots=True)
+class CandidatePool:
+    """Stage 1's output: candidate items and the channels that proposed each."""
+
+    user_id: str
+    context: Context
+    now: float
+    items: list[Item]
+    channels: dict[str, set[str]] = field(default_factory=dict)
+    exclude: frozenset[str] = frozenset()
+
+    def counts(self) -> dict[str, int]:
+        out = dict.fromkeys(CHANNELS, 0)
+        for names in self.channels.values():
+            for name in names:
+                out[name] += 1
+        return out
+
+
+@dataclass(slots=True)
+class ScoredPool:
+    """Stage 2's output: the best candidates with their relevance, best first."""
+
+    pool: CandidatePool
+    items: list[Item]
+    relevance: np.ndarray
+
+
+@dataclass(slots=True)
+class LearnReport:
+    """What one :meth:`Engine.learn` call did."""
+
+    events: int = 0
+    relevance_samples: int = 0
+    bandit_samples: int = 0
+    offset: int = 0
+
+
+def as_recommendation(
+    decision: Decision, *, fallback: str | None = None, took_ms: float = 0.0
+) -> Recommendation:
+    """The client's view of a decision."""
+    return Recommendation(
+        request_id=decision.request_id,
+        model_version=decision.model_version,
+        items=tuple(
+            RecommendedItem(e.item_id, e.score, e.propensity, e.explored) for e in decision.slate
+        ),
+        fallback=fallback,
+        took_ms=took_ms,
+    )
+
+
+class ContentIndex:
+    """The HNSW index over the catalog's content embeddings, kept in step with the catalog.
+
+    It is derived from the catalog, not learned, so engines share it (a rollback loads a new
+    engine in milliseconds instead of re-indexing millions of vectors) and snapshots leave it
+    out. :meth:`sync` brings in new, changed, withdrawn and returned items; it runs off the
+    request path (at start-up and after each learner cycle).
+    """
+
+    def __init__(self, dim: int, *, m: int = 16, ef: int = 200, seed: int = 0) -> None:
+        self.index = HNSWRetriever(dim, M=m, ef=ef, num_threads=2, seed=seed)
+        self.version = -1
+        self._live = np.zeros(0, dtype=bool)
+        self._vectors: np.ndarray | None = None
+        self.build_s = 0.0
+
+    def sync(self, catalog: Catalog) -> int:
+        """Apply what changed in ``catalog`` since the last call; returns the rows written."""
+        view = catalog.view()
+        if view.version == self.version or view.embeddings is None:
+            return 0
+        started = time.perf_counter()
+        live = view.has_embedding & view.available_mask
+        n_old = len(self._live)
+        changed = np.zeros(len(live), dtype=bool)
+        changed[n_old:] = live[n_old:]
+        if n_old:
+            old_live = self._live
+            changed[:n_old] = live[:n_old] & ~old_live
+            if self._vectors is not None:
+                moved = np.any(view.embeddings[:n_old] != self._vectors[:n_old], axis=1)
+                changed[:n_old] |= moved & live[:n_old]
+            gone = np.flatnonzero(old_live & ~live[:n_old])
+            if len(gone):
+                self.index.remove(gone.astype(np.int64))
+        rows = np.flatnonzero(changed)
+        if len(rows):
+            self.index.upsert(rows.astype(np.int64), view.embeddings[rows])
+        self._live = live
+        self._vectors = view.embeddings
+        self.version = view.version
+        self.build_s += time.perf_counter() - started
+        return len(rows)
+
+
+class Engine:
+    """Makes lists and learns; see the module docstring.
+
+    ``catalog`` is shared with the service (items come and go while it runs);
+    ``decisions`` is the decision log (in process by default, Redis in the distributed mode).
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        settings: EngineSettings | None = None,
+        learner: LearnerSettings | None = None,
+        *,
+        decisions: DecisionLog | None = None,
+        base_version: str = "v0",
+        content_index: ContentIndex | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.settings = settings or EngineSettings()
+        self.learner_settings = learner or LearnerSettings()
+        s, ls = self.settings, self.learner_settings
+        self.lock = threading.RLock()
+        self._now = 0.0  # latest time seen (event time or request time): the engine's clock
+        self.decisions: DecisionLog = decisions or InMemoryDecisionLog(
+            ttl_s=ls.decision_ttl_s, max_entries=500_000, clock=lambda: self._now
+        )
+        self._rng = np.random.default_rng(s.seed)
+        self._relevance = RelevanceModel(
+            n_factors=s.n_factors, learning_rate=s.learning_rate, seed=s.seed
+        )
+        self._bandit = BanditReranker(exploration=s.exploration, epsilon=s.epsilon, seed=s.seed)
+        self._popularity = Popularity(half_life_s=s.popularity_half_life_s)
+        self._exposure = Exposure(half_life_s=s.exposure_half_life_s)
+        self._sessions = Sessions(max_len=s.session_length)
+        self._transitions = Transitions()
+        self._joiner = RewardJoiner(
+            self.decisions,
+            RewardFunction(min_play_ms=ls.min_play_ms),
+            window_s=ls.attribution_window_s,
+        )
+        self._cf_index = self._new_index(self._relevance.dim)
+        if content_index is None and catalog.embedding_dim is not None:
+            content_index = ContentIndex(
+                catalog.embedding_dim, m=s.hnsw_m, ef=s.hnsw_ef, seed=s.seed
+            )
+            content_index.sync(catalog)
+        self.content_index = content_index
+        self._fresh_cache: tuple[int, np.ndarray] | None = None
+        self._dirty: OrderedDict[int, None] = OrderedDict()  # dense indexes to re-index
+        self._sweep_at = 0
+        self._sweep_started = time.monotonic()
+        self.last_sweep_s: float | None = None
+        self.base_version = base_version
+        self.offset = 0  # the last log offset learned
+        self.events_learned = 0
+        self.learned_since_base = 0
+        self._reset_quality()
+
+    def _reset_quality(self) -> None:
+        # progressive validation since the last snapshot: every relevance sample is scored
+        # before it is learned; the bandit's on-policy reward over impressed slots
+        self._pv_logloss = river_metrics.LogLoss()
+        self._pv_auc = river_metrics.ROCAUC()
+        self._pv_n = 0
+        self._bandit_reward = 0.0
+        self._bandit_n = 0
+
+    def quality(self, *, reset: bool = False) -> dict[str, float]:
+        """Metrics since the last reset: the relevance model's progressive log loss and AUC,
+        and the bandit's mean reward per impressed slot (the snapshot manifest's metrics)."""
+        with self.lock:
+            out: dict[str, float] = {}
+            if self._pv_n:
+                out["relevance_logloss"] = float(self._pv_logloss.get())
+                out["relevance_auc"] = float(self._pv_auc.get())
+                out["relevance_samples"] = float(self._pv_n)
+            if self._bandit_n:
+                out["bandit_reward"] = self._bandit_reward / self._bandit_n
+                out["bandit_samples"] = float(self._bandit_n)
+            if reset:
+                self._reset_quality()
+            return out
+
+    def _new_index(self, dim: int) -> HNSWRetriever:
+        s = self.settings
+        return HNSWRetriever(dim, M=s.hnsw_m, ef=s.hnsw_ef, num_threads=2, seed=s.seed)
+
+    # -- introspection ----------------------------------------------------------------------
+
+    @property
+    def model_version(self) -> str:
+        """The snapshot this state grew from, plus the events learned since: ``v12+340``."""
+        return f"{self.base_version}+{self.learned_since_base}"
+
+    @property
+    def watermark(self) -> float | None:
+        return self._joiner.watermark
+
+    @property
+    def relevance(self) -> RelevanceModel:
+        return self._relevance
+
+    @property
+    def bandit(self) -> BanditReranker:
+        return self._bandit
+
+    @property
+    def popularity(self) -> Popularity:
+        return self._popularity
+
+    @property
+    def join_stats(self) -> dict[str, int]:
+        return self._joiner.stats
+
+    def index_lag(self) -> dict[str, float]:
+        """How far the ANN indexes trail: moved items waiting, last full sweep, sizes."""
+        content = self.content_index
+        return {
+            "dirty_items": float(len(self._dirty)),
+            "last_sweep_s": float("nan") if self.last_sweep_s is None else self.last_sweep_s,
+            "indexed_items": float(len(self._cf_index)),
+            "content_items": float(len(content.index)) if content is not None else 0.0,
+            "content_catalog_lag": float(
+                content is not None and content.version != self.catalog.version
+            ),
+        }
+
+    def _time(self, now: float | None) -> float:
+        t = time.time() if now is None else float(now)
+        wm = self._joiner.watermark
+        if wm is not None and wm > t:
+            t = wm
+        self._now = max(self._now, t)
+        return t
+
+    # -- stage 1: candidates ----------------------------------------------------------------
+
+    def candidates(
+        self,
+        user_id: str,
+        context: Context | None = None,
+        *,
+        exclude: Collection[str] = (),
+        now: float | None = None,
+    ) -> CandidatePool:
+        """The candidate pool for a listener (see the module docstring)."""
+        context = dict(context or {})
+        s = self.settings
+        with self.lock:
+            t = self._time(now)
+            view = self.catalog.view()
+            available = view.available_mask
+            recent = self._sessions.recent(user_id)
+            banned = set(exclude)
+            banned.update(item for item, _ in recent[-s.recent_exclude :] if s.recent_exclude)
+            channels: dict[str, set[str]] = {}
+
+            def offer(ids: Iterable[str], channel: str) -> None:
+                for item_id in ids:
+                    if item_id in banned:
+                        continue
+                    channels.setdefault(item_id, set()).add(channel)
+
+            def offer_idx(idx: np.ndarray, channel: str) -> None:
+                idx = idx[(idx >= 0) & (idx < len(available))]
+                idx = idx[available[idx]]
+                offer((str(x) for x in view.ids[idx]), channel)
+
+            if s.cf_candidates and len(self._cf_index):
+                uv = self._relevance.user_vector(user_id, context)
+                ids, _ = self._cf_index.query(uv, s.cf_candidates + len(banned))
+                offer_idx(ids, "cf")
+            if s.content_candidates and recent:
+                sv = self._session_vector(recent, t, view)
+                index = self.content_index.index if self.content_index is not None else None
+                if sv is not None and index is not None and len(index):
+                    ids, _ = index.query(sv, s.content_candidates + len(banned))
+                    offer_idx(ids, "content")
+            if s.covisit_candidates and recent:
+                per_play = max(1, s.covisit_candidates // min(3, len(recent)))
+                nexts = []
+                for item_id, _ in reversed(recent[-3:]):
+                    nexts.extend(n for n, _ in self._transitions.next_items(item_id, per_play))
+                offer(self._available(nexts), "covisit")
+            if s.trending_candidates:
+                top = self._popularity.top(s.trending_candidates + len(banned), t)
+                offer(self._available(i for i, _ in top), "trending")
+            if s.fresh_candidates:
+                offer_idx(self._fresh_sample(view, t, s.fresh_candidates), "fresh")
+            # an item not released yet is never served (catalogs announce releases ahead)
+            items = [
+                item
+                for item_id in channels
+                if (item := self.catalog.get(item_id)) is not None
+                and (item.release_time is None or item.release_time <= t)
+            ]
+        return CandidatePool(
+            user_id=user_id,
+            context=context,
+            now=t,
+            items=items,
+            channels=channels,
+            exclude=frozenset(banned),
+        )
+
+    def _available(self, ids: Iterable[str]) -> list[str]:
+        out = []
+        for item_id in ids:
+            item = self.catalog.get(item_id)
+            if item is not None and item.available:
+                out.append(item_id)
+        return out
+
+    def _session_vector(self, recent: Sequence[tuple[str, float]], now: float, view: Any) -> Any:
+        """Decayed mean of the content embeddings of the listener's recent plays."""
+        if view.embeddings is None:
+            return None
+        acc = None
+        total = 0.0
+        for item_id, t in recent:
+            try:
+                i = self.catalog.index_of(item_id)
+            except KeyError:
+                continue
+            if i >= len(view.has_embedding) or not view.has_embedding[i]:
+                continue
+            w = 0.5 ** (max(0.0, now - t) / self.settings.session_half_life_s)
+            acc = view.embeddings[i] * w if acc is None else acc + view.embeddings[i] * w
+            total += w
+        if acc is None or total <= 0:
+            return None
+        return (acc / total).astype(np.float32)
+
+    def _fresh_sample(self, view: Any, now: float, n: int) -> np.ndarray:
+        if self._fresh_cache is None or self._fresh_cache[0] != view.version:
+            rt = np.nan_to_num(view.release_times, nan=-np.inf)
+            self._fresh_cache = (view.version, np.argsort(-rt, kind="stable"))
+        order = self._fresh_cache[1]
+        rt = view.release_times
+        cutoff = now - self.settings.fresh_days * _DAY
+        # the newest items come first in `order`; count those inside the window
+        lo, hi = 0, len(order)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            value = rt[order[mid]]
+            if not math.isnan(value) and value >= cutoff:
+                lo = mid + 1
+            else:
+                hi = mid
+        pool = order[:lo]
+        pool = pool[view.available_mask[pool]]
+        if len(pool) <= n:
+            return pool
+        return self._rng.choice(pool, size=n, replace=False)
+
+    # -- stage 2: relevance -----------------------------------------------------------------
+
+    def score(self, pool: CandidatePool) -> ScoredPool:
+        """Score every candidate with the relevance model; keep the best ``rerank_pool``."""
+        with self.lock:
+            if not pool.items:
+                return ScoredPool(pool, [], np.zeros(0))
+            scores = self._relevance.predict_many(pool.user_id, pool.items, pool.context)
+        n = min(self.settings.rerank_pool, len(scores))
+        top = np.argsort(-scores, kind="stable")[:n]
+        return ScoredPool(pool, [pool.items[i] for i in top], scores[top])
+
+    # -- stage 3: rerank --------------------------------------------------------------------
+
+    def shared_features(self, user_id: str, context: Context) -> dict[str, Any]:
+        """The listener/context features the bandit sees for a whole list."""
+        history = len(self._sessions.recent(user_id))
+        return {**{str(k): v for k, v in context.items()}, "user": user_id, "history": history}
+
+    def make_slate(
+        self,
+        scored: ScoredPool,
+        k: int,
+        *,
+        explore: bool = True,
+        request_id: str | None = None,
+    ) -> Decision:
+        """Fill ``k`` slots from the scored pool; the decision is not logged (see rerank)."""
+        pool = scored.pool
+        with self.lock:
+            shared = self.shared_features(pool.user_id, pool.context)
+            if self.settings.reranker == "bandit":
+                slate = self._bandit.rank(
+                    shared,
+                    self._bandit_candidates(scored),
+                    k,
+                    explore=explore,
+                    max_per_artist=self.settings.max_per_artist,
+                    exclude=pool.exclude,
+                )
+            else:
+                slate = self._greedy(scored, k)
+            version = self.model_version
+        return Decision(
+            request_id=request_id or uuid.uuid4().hex,
+            user_id=pool.user_id,
+            timestamp=pool.now,
+            model_version=version,
+            slate=tuple(slate),
+            context=dict(pool.context),
+            shared={k_: v for k_, v in shared.items() if isinstance(v, float | int | str)},
+        )
+
+    def rerank(
+        self,
+        scored: ScoredPool,
+        k: int,
+        *,
+        explore: bool = True,
+        request_id: str | None = None,
+    ) -> Recommendation:
+        """Fill ``k`` slots from the scored pool and log the decision for the reward join."""
+        decision = self.make_slate(scored, k, explore=explore, request_id=request_id)
+        if decision.slate:
+            self.decisions.put(decision)
+        return as_recommendation(decision)
+
+    def _bandit_candidates(self, scored: ScoredPool) -> list[Candidate]:
+        pool = scored.pool
+        items = scored.items
+        if not items:
+            return []
+        ids = [i.item_id for i in items]
+        vectors = self._relevance.item_vectors(items)
+        pop = self._popularity.scores(ids, pool.now)
+        trend = self._popularity.trends(ids, pool.now)
+        exp_item = self._exposure.items(pool.user_id, ids, pool.now)
+        exp_artist = self._exposure.artists(pool.user_id, [i.artist for i in items], pool.now)
+        out = []
+        for j, item in enumerate(items):
+            age = (pool.now - item.release_time) / _DAY if item.release_time is not None else 365.0
+            out.append(
+                Candidate(
+                    item_id=item.item_id,
+                    artist=item.artist,
+                    vector=vectors[j, :-1],  # the latent part: similarity of tastes
+                    relevance=float(scored.relevance[j]),
+                    popularity=float(pop[j]),
+                    trend=float(trend[j]),
+                    age_days=max(0.0, age),
+                    exposure_item=float(exp_item[j]),
+                    exposure_artist=float(exp_artist[j]),
+                )
+            )
+        return out
+
+    def _greedy(self, scored: ScoredPool, k: int) -> list[SlateEntry]:
+        per_artist: dict[str, int] = {}
+        slate: list[SlateEntry] = []
+        for item, rel in zip(scored.items, scored.relevance, strict=True):
+            if len(slate) == k:
+                break
+            if item.item_id in scored.pool.exclude:
+                continue
+            if per_artist.get(item.artist, 0) >= self.settings.max_per_artist:
+                continue
+            per_artist[item.artist] = per_artist.get(item.artist, 0) + 1
+            slate.append(SlateEntry(item.item_id, len(slate), float(rel), 1.0, False, {}))
+        return slate
+
+    # -- the whole request ------------------------------------------------------------------
+
+    def recommend(
+        self,
+        user_id: str,
+        k: int = 30,
+        context: Context | None = None,
+        *,
+        exclude: Collection[str] = (),
+        explore: bool = True,
+        now: float | None = None,
+        request_id: str | None = None,
+    ) -> Recommendation:
+        """All three stages for one listener (the serving path runs them one by one)."""
+        started = time.perf_counter()
+        pool = self.candidates(user_id, context, exclude=exclude, now=now)
+        rec = self.rerank(self.score(pool), k, explore=explore, request_id=request_id)
+        took = (time.perf_counter() - started) * 1000
+        return Recommendation(rec.request_id, rec.model_version, rec.items, None, took)
+
+    def popular_now(
+        self, k: int, *, exclude: Collection[str] = (), now: float | None = None
+    ) -> list[str]:
+        """The fallback list: trending, then the newest available items; no model involved."""
+        banned = set(exclude)
+        with self.lock:
+            t = self._time(now)
+            top = [i for i, _ in self._popularity.top(k + len(banned) + 10, t)]
+        out = [i for i in self._available(top) if i not in banned][:k]
+        if len(out) < k:
+            view = self.catalog.view()
+            if self._fresh_cache is None or self._fresh_cache[0] != view.version:
+                self._fresh_sample(view, t, 0)
+            assert self._fresh_cache is not None
+            for i in self._fresh_cache[1]:
+                if len(out) >= k:
+                    break
+                item_id = str(view.ids[i])
+                if view.available_mask[i] and item_id not in banned and item_id not in out:
+                    out.append(item_id)
+        return out
+
+    # -- learning ---------------------------------------------------------------------------
+
+    def observe_sessions(self, events: Iterable[Event]) -> None:
+        """Record plays in the listeners' sessions at once (the intake calls this), so the next
+        request reflects them before any model update."""
+        with self.lock:
+            for ev in events:
+                if ev.type == "play":
+                    self._sessions.learn_one(ev)
+
+    def learn(
+        self, events: Sequence[Event], *, offset: int | None = None, sessions: bool = True
+    ) -> LearnReport:
+        """Learn events read in log order; ``offset`` is the log offset of the last one.
+
+        ``sessions=False`` when the intake already recorded the plays (the service does).
+        """
+        report = LearnReport(events=len(events))
+        if not events:
+            return report
+        with self.lock:
+            out = self._joiner.process_many(events)
+            for ev in events:
+                self._popularity.learn_one(ev)
+                self._transitions.learn_one(ev)
+                if sessions:
+                    self._sessions.learn_one(ev)
+                if ev.type == "impression":
+                    item = self.catalog.get(ev.item_id)
+                    self._exposure.learn_one(ev, item.artist if item else None)
+            self._learn_samples(out, report)
+            self._time(events[-1].timestamp)
+            self.events_learned += len(events)
+            self.learned_since_base += len(events)
+            if offset is not None:
+                self.offset = offset
+            report.offset = self.offset
+        return report
+
+    def flush(self) -> LearnReport:
+        """Close every open attribution window (end of a replay)."""
+        report = LearnReport()
+        with self.lock:
+            self._learn_samples(self._joiner.flush(), report)
+        return report
+
+    def _learn_samples(self, out: JoinOutput, report: LearnReport) -> None:
+        wm = self._joiner.watermark
+        half_life = self.learner_settings.half_life_s
+        touched_items = False
+        for sample in out.relevance:
+            item = self.catalog.get(sample.item_id)
+            if item is None:
+                continue  # an item the catalog never had: nothing to attach features to
+            w = decay_weight(sample.event_time, wm if wm is not None else 0.0, half_life)
+            p = self._relevance.predict_one(sample.user_id, item, sample.context)
+            positive = sample.reward >= 0.5
+            self._pv_logloss.update(positive, p)
+            self._pv_auc.update(positive, p)
+            self._pv_n += 1
+            self._relevance.learn_one(sample.user_id, item, sample.reward, sample.context, w)
+            report.relevance_samples += 1
+            touched_items = True
+        for bs in out.bandit:
+            if not bs.features:
+                continue  # a slot placed without the bandit (the relevance-only baseline)
+            w = decay_weight(bs.event_time, wm if wm is not None else 0.0, half_life)
+            self._bandit.learn_one(bs.shared, bs.features, bs.propensity, bs.reward, w)
+            self._bandit_reward += bs.reward
+            self._bandit_n += 1
+            report.bandit_samples += 1
+        if touched_items:
+            self._mark_dirty(self._relevance.pop_touched())
+
+    # -- keeping the ANN index on the moving item vectors -----------------------------------
+
+    def _mark_dirty(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            kind, _, value = key.partition(":")
+            if kind == "i":
+                ids = [value]
+            elif kind == "a":
+                ids = self.catalog.items_by_artist(value)
+            else:
+                continue  # genre latents move thousands of items a little: the sweep bounds it
+            for item_id in ids:
+                with contextlib.suppress(KeyError):
+                    self._dirty[self.catalog.index_of(item_id)] = None
+
+    def refresh_index(self) -> int:
+        """Re-index the items whose vectors moved, then the next slice of the sweep.
+
+        Returns how many vectors were written. The lag is bounded: a moved item waits at most
+        ``len(dirty) / index_refresh_batch`` cycles; every catalog item is revisited once per
+        full sweep (``index_lag()['last_sweep_s']``), which also brings in new items whose
+        artist or genre latents give them a vector before their first play. Items with no
+        learned signal yet (a zero latent part) are left out of the index.
+        """
+        s = self.settings
+        if self.content_index is not None:
+            self.content_index.sync(self.catalog)
+        with self.lock:
+            n_items = len(self.catalog)
+            take = min(len(self._dirty), s.index_refresh_batch)
+            chosen = [self._dirty.popitem(last=False)[0] for _ in range(take)]
+            if s.index_sweep_batch and n_items:
+                start = self._sweep_at
+                stop = min(n_items, start + s.index_sweep_batch)
+                chosen.extend(range(start, stop))
+                self._sweep_at = 0 if stop >= n_items else stop
+                if self._sweep_at == 0:
+                    now = time.monotonic()
+                    self.last_sweep_s = now - self._sweep_started
+                    self._sweep_started = now
+            if not chosen:
+                return 0
+            idx = np.unique(np.asarray(chosen, dtype=np.int64))
+            view = self.catalog.view()
+            idx = idx[idx < len(view.ids)]
+            items = [it for i in idx if (it := self.catalog.get(str(view.ids[i]))) is not None]
+            if not items:
+                return 0
+            vectors = self._relevance.item_vectors(items)
+            keep = np.abs(vectors[:, :-1]).sum(axis=1) > 0  # no learned signal yet: not indexed
+            ids = np.asarray([self.catalog.index_of(it.item_id) for it in items], dtype=np.int64)
+            if keep.any():
+                self._cf_index.upsert(ids[keep], vectors[keep])
+            return int(keep.sum())
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    def save(self, directory: Path) -> None:
+        """Write every learned state into ``directory`` (a snapshot's staging directory)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        with self.lock:
+            self._relevance.dump(directory / "relevance.bin")
+            self._bandit.dump(directory / "bandit.bin")
+            self._cf_index.save(directory / "cf_index")
+            (directory / "popularity.json").write_bytes(self._popularity.dump())
+            (directory / "exposure.json").write_bytes(self._exposure.dump())
+            (directory / "sessions.json").write_bytes(self._sessions.dump())
+            (directory / "transitions.json").write_bytes(self._transitions.dump())
+            (directory / "joiner.bin").write_bytes(self._joiner.dump())
+            meta = {
+                "format": _FORMAT,
+                "offset": self.offset,
+                "events_learned": self.events_learned,
+                "watermark": self._joiner.watermark,
+                "dirty": list(self._dirty),
+                "sweep_at": self._sweep_at,
+                "rng": self._rng.bit_generator.state,
+                "settings": self.settings.model_dump(mode="json"),
+            }
+            (directory / "engine.json").write_text(json.dumps(meta, default=int))
+
+    @classmethod
+    def load(
+        cls,
+        directory: Path,
+        catalog: Catalog,
+        settings: EngineSettings | None = None,
+        learner: LearnerSettings | None = None,
+        *,
+        decisions: DecisionLog | None = None,
+        version: str = "v0",
+        content_index: ContentIndex | None = None,
+    ) -> Engine:
+        """An engine with the state of a snapshot directory, at ``version``.
+
+        ``content_index`` (derived from the catalog) is shared with the engine it replaces."""
+        directory = Path(directory)
+        meta = json.loads((directory / "engine.json").read_text())
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"{directory / 'engine.json'}: not a {_FORMAT} snapshot")
+        engine = cls(
+            catalog,
+            settings or EngineSettings(**meta["settings"]),
+            learner,
+            decisions=decisions,
+            base_version=version,
+            content_index=content_index,
+        )
+        engine._relevance = RelevanceModel.load(directory / "relevance.bin")
+        engine._bandit = BanditReranker.load(directory / "bandit.bin")
+        engine._cf_index = HNSWRetriever.load(directory / "cf_index")
+        engine._popularity.load((directory / "popularity.json").read_bytes())
+        engine._exposure.load((directory / "exposure.json").read_bytes())
+        engine._sessions.load((directory / "sessions.json").read_bytes())
+        engine._transitions.load((directory / "transitions.json").read_bytes())
+        engine._joiner.load((directory / "joiner.bin").read_bytes())
+        engine._rng.bit_generator.state = meta["rng"]
+        engine.offset = int(meta["offset"])
+        engine.events_learned = int(meta["events_learned"])
+        engine._dirty = OrderedDict.fromkeys(int(i) for i in meta["dirty"])
+        engine._sweep_at = int(meta["sweep_at"])
+        wm = meta.get("watermark")
+        if wm is not None:
+            engine._now = float(wm)
+        return engine
+
+    def stats(self) -> Mapping[str, Any]:
+        return {
+            "model_version": self.model_version,
+            "offset": self.offset,
+            "events_learned": self.events_learned,
+            "watermark": self.watermark,
+            "join": self.join_stats,
+            "index": self.index_lag(),
+        }

@@ -1,0 +1,250 @@
+"""The learner: the single writer that turns the event log into models, exactly once.
+
+It reads the log after the engine's offset, in order and in batches, and feeds the events to
+:meth:`Engine.learn` in small chunks (each chunk holds the engine lock briefly, so requests
+served from the same engine wait at most one chunk). After each batch it refreshes the ANN
+index, and every ``every_events`` events or ``every_seconds`` seconds (and on a clean stop) it
+cuts a snapshot whose manifest records the log offset it includes.
+
+Exactly once: the offset lives in the engine state and in every snapshot. A restart loads
+``CURRENT`` and reads the log from the snapshot's offset, so the events after it are learned
+again from the same state: none is lost, none counts twice.
+
+Rollback: the learner polls ``CURRENT``; when an operator moves it, the learner loads that
+snapshot and, by the pointer's mode, either continues with new events only (``continue``) or
+re-learns the log from the snapshot's offset (``replay``). The new engine is handed to
+``on_swap`` so that the service answers with it at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from feedback.decisions import DecisionLog
+from feedback.log import EventLog
+from online.catalog import Catalog
+from online.engine import ContentIndex, Engine
+from online.settings import EngineSettings, LearnerSettings
+from snapshots import CommitResult, CutSchedule, SnapshotStore, settings_hash
+
+logger = logging.getLogger("segue.learner")
+
+__all__ = ["Learner", "StepReport", "open_engine"]
+
+
+@dataclass(slots=True)
+class StepReport:
+    events: int = 0
+    relevance_samples: int = 0
+    bandit_samples: int = 0
+    indexed: int = 0
+    cut: CommitResult | None = None
+    swapped_to: str | None = None
+
+
+def open_engine(
+    catalog: Catalog,
+    store: SnapshotStore | None,
+    settings: EngineSettings,
+    learner_settings: LearnerSettings,
+    *,
+    decisions: DecisionLog | None = None,
+    content_index: ContentIndex | None = None,
+) -> Engine:
+    """The engine to start from: ``CURRENT``'s snapshot (verified), or a fresh one."""
+    loaded = store.load_current() if store is not None else None
+    if loaded is None:
+        return Engine(
+            catalog, settings, learner_settings, decisions=decisions, content_index=content_index
+        )
+    for version, reason in loaded.skipped:
+        logger.error("snapshot %s refused: %s", version, reason)
+    engine = Engine.load(
+        loaded.snapshot.path,
+        catalog,
+        settings,
+        learner_settings,
+        decisions=decisions,
+        version=loaded.snapshot.version,
+        content_index=content_index,
+    )
+    engine.offset = loaded.resume_offset - 1  # read(after=offset) resumes at resume_offset
+    return engine
+
+
+class Learner:
+    """Reads ``log`` into ``engine``; cuts snapshots into ``store`` (optional)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        log: EventLog,
+        *,
+        store: SnapshotStore | None = None,
+        schedule: CutSchedule | None = None,
+        sessions: bool = True,
+        on_swap: Callable[[Engine], None] | None = None,
+        on_step: Callable[[Learner, StepReport], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.log = log
+        self.store = store
+        self.schedule = schedule
+        self.sessions = sessions
+        self._on_swap = on_swap
+        self._on_step = on_step
+        self._events_since_cut = 0
+        self.last_error: str | None = None
+
+    @property
+    def settings(self) -> LearnerSettings:
+        return self.engine.learner_settings
+
+    # -- one cycle --------------------------------------------------------------------------
+
+    def step(self) -> StepReport:
+        """Obey a moved ``CURRENT``, learn one batch, refresh the index, cut when due."""
+        report = StepReport()
+        if self.store is not None and (pointer := self.store.poll()) is not None:
+            # poll() reports only moves made by others (an operator's rollback)
+            self._swap(pointer.version, pointer.mode)
+            report.swapped_to = pointer.version
+        batch = self.log.read(self.engine.offset, self.settings.read_batch)
+        chunk = self.settings.lock_chunk
+        for start in range(0, len(batch), chunk):
+            part = batch[start : start + chunk]
+            learned = self.engine.learn(
+                [x.event for x in part], offset=part[-1].offset, sessions=self.sessions
+            )
+            report.events += learned.events
+            report.relevance_samples += learned.relevance_samples
+            report.bandit_samples += learned.bandit_samples
+        if batch:
+            report.indexed = self.engine.refresh_index()
+            self._events_since_cut += len(batch)
+        if self.schedule is not None:
+            self.schedule.record(len(batch))
+            if self.schedule.due() and self._events_since_cut:
+                report.cut = self.cut()
+        if self._on_step is not None:
+            self._on_step(self, report)
+        return report
+
+    def run_until_caught_up(self) -> int:
+        """Learn until the log has nothing new; returns how many events were learned."""
+        total = 0
+        while True:
+            n = self.step().events
+            total += n
+            if n == 0:
+                return total
+
+    def cut(self) -> CommitResult | None:
+        """Write a snapshot of the engine now (the learner is its only writer)."""
+        if self.store is None:
+            return None
+        engine = self.engine
+        with self.store.stage() as staging, engine.lock:
+            engine.save(staging.path)
+            result = staging.commit(
+                offset=engine.offset + 1,
+                events=engine.learned_since_base,
+                watermark=engine.watermark,
+                metrics=engine.quality(reset=True),
+                settings_hash=settings_hash(
+                    {
+                        "engine": engine.settings.model_dump(mode="json"),
+                        "learner": engine.learner_settings.model_dump(mode="json"),
+                    }
+                ),
+                parent=engine.base_version if engine.base_version != "v0" else None,
+            )
+            engine.base_version = result.version
+            engine.learned_since_base = 0
+        self._events_since_cut = 0
+        if self.schedule is not None:
+            self.schedule.reset()
+        if result.promoted:
+            logger.info("snapshot %s cut at offset %d", result.version, engine.offset)
+        else:
+            logger.warning("snapshot %s held back: %s", result.version, result.reason)
+        return result
+
+    def _swap(self, version: str, mode: str) -> None:
+        """Load ``version`` (an operator's rollback) and continue or replay as it says."""
+        assert self.store is not None
+        snapshot = self.store.load(version)
+        old = self.engine
+        new = Engine.load(
+            snapshot.path,
+            old.catalog,
+            old.settings,
+            old.learner_settings,
+            decisions=old.decisions,
+            version=version,
+            content_index=old.content_index,
+        )
+        if mode == "replay":
+            new.offset = snapshot.manifest.offset - 1
+        else:
+            new.offset = old.offset  # new events only: the span since the snapshot is skipped
+        self.engine = new
+        self._events_since_cut = 0
+        logger.warning(
+            "CURRENT moved to %s (%s): now learning after offset %d", version, mode, new.offset
+        )
+        if self._on_swap is not None:
+            self._on_swap(new)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(
+        self,
+        stop: threading.Event,
+        wake: threading.Event | None = None,
+        *,
+        cut_on_stop: bool = True,
+    ) -> None:
+        """Learn until ``stop`` is set; sleeps between empty polls unless ``wake`` is set."""
+        poll = self.settings.poll_interval_s
+        while not stop.is_set():
+            try:
+                n = self.step().events
+                self.last_error = None
+            except Exception as exc:  # keep learning after a transient failure; say it
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                logger.exception("learner step failed; retrying")
+                stop.wait(1.0)
+                continue
+            if n == 0:
+                if wake is not None:
+                    wake.wait(poll)
+                    wake.clear()
+                else:
+                    stop.wait(poll)
+        if cut_on_stop and self._events_since_cut:
+            try:
+                self.cut()
+            except Exception:
+                logger.exception("could not cut the snapshot on stop")
+
+    def start(self, stop: threading.Event, wake: threading.Event | None = None) -> threading.Thread:
+        """Run in a daemon thread (the embedded mode of ``segue serve``)."""
+        thread = threading.Thread(
+            target=self.run, args=(stop, wake), name="segue-learner", daemon=True
+        )
+        thread.start()
+        return thread
+
+
+def lag(log: EventLog, engine: Engine) -> int:
+    """How many log offsets the engine has not learned yet (offsets may have gaps)."""
+    return max(0, log.last_offset() - engine.offset)
+
+
+def wall_lag_s(received_at: float | None) -> float:
+    return 0.0 if received_at is None else max(0.0, time.time() - received_at)

@@ -1,0 +1,219 @@
+"""``POST /v1/recommend``, the catalog endpoints and ``GET /v1/model``."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from feedback.contract import MAX_ID_LENGTH
+from online.catalog import parse_item
+from serving.recommender import Request as RecommendRequest
+from serving.services import Services, get_services
+
+router = APIRouter()
+
+Id = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[^\x00-\x1f\x7f]+$"),
+]
+
+
+class RecommendIn(BaseModel):
+    """Ask for a list. ``exclude`` lists item ids never to show; ``explore: false`` gives the
+    greedy list (propensity 1), e.g. for a screenshot test."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: Id
+    k: int = Field(30, ge=1, le=100)
+    context: dict[str, str | bool | int | float] = Field(default_factory=dict, max_length=32)
+    exclude: list[Id] = Field(default_factory=list, max_length=1000)
+    explore: bool = True
+
+    @field_validator("context")
+    @classmethod
+    def _finite(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key, item in value.items():
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(f"context value of {key!r} is not finite")
+        return value
+
+
+class ItemOut(BaseModel):
+    item_id: str
+    score: float
+    propensity: float
+    explored: bool
+
+
+class RecommendOut(BaseModel):
+    """``request_id``: put it on the impressions and plays of this list. ``fallback``: null, or
+    why the list is the popular-now fallback instead of the models' choice."""
+
+    request_id: str
+    model_version: str
+    items: list[ItemOut]
+    fallback: str | None
+    took_ms: float
+
+
+@router.post("/v1/recommend", response_model=RecommendOut, summary="A list for a listener")
+async def recommend(
+    body: RecommendIn, services: Annotated[Services, Depends(get_services)]
+) -> RecommendOut:
+    """Up to ``k`` items for ``user_id``; a listener never seen gets trending and fresh items,
+    and the plays they just posted shape their next list at once."""
+    rec = await services.recommender.recommend(
+        services.engine,
+        RecommendRequest(
+            user_id=body.user_id,
+            k=body.k,
+            context=body.context,
+            exclude=frozenset(body.exclude),
+            explore=body.explore,
+        ),
+        now=services.clock(),
+        popular=services.popular,
+    )
+    return RecommendOut(
+        request_id=rec.request_id,
+        model_version=rec.model_version,
+        items=[
+            ItemOut(item_id=i.item_id, score=i.score, propensity=i.propensity, explored=i.explored)
+            for i in rec.items
+        ],
+        fallback=rec.fallback,
+        took_ms=rec.took_ms,
+    )
+
+
+class ItemIn(BaseModel):
+    """A catalog item; fields beyond these are kept as attributes."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    title: str = ""
+    artist: str = ""
+    genres: list[str] = Field(default_factory=list)
+    release_time: str | float | None = Field(None, description="RFC 3339 or epoch seconds")
+    duration_ms: int | None = None
+    available: bool = True
+    embedding: list[float] | None = None
+
+
+class ItemsIn(BaseModel):
+    items: list[dict[str, Any]] = Field(max_length=10_000)
+
+
+class ItemRejectedOut(BaseModel):
+    index: int
+    id: str | None
+    reason: str
+
+
+class ItemsOut(BaseModel):
+    upserted: int
+    rejected: list[ItemRejectedOut]
+
+
+@router.post(
+    "/v1/items",
+    response_model=ItemsOut,
+    summary="Add or update catalog items",
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "items": {
+                                "type": "array",
+                                "items": {"$ref": "#/components/schemas/ItemIn"},
+                            }
+                        },
+                        "required": ["items"],
+                    }
+                }
+            }
+        }
+    },
+)
+async def upsert_items(
+    body: ItemsIn, services: Annotated[Services, Depends(get_services)]
+) -> ItemsOut:
+    """Batch upsert: good items are stored and served at once; each bad one is named."""
+    good = []
+    rejected = []
+    dim = services.settings.embedding_dim
+    for index, raw in enumerate(body.items):
+        try:
+            good.append(parse_item(raw, dim))
+        except ValueError as exc:
+            rid = raw.get("id") if isinstance(raw, dict) else None
+            rejected.append(
+                ItemRejectedOut(
+                    index=index, id=rid if isinstance(rid, str) else None, reason=str(exc)
+                )
+            )
+    n = await run_in_threadpool(services.catalog.upsert, good) if good else 0
+    if n:
+        await run_in_threadpool(services.refresh_popular)
+    return ItemsOut(upserted=n, rejected=rejected)
+
+
+@router.delete(
+    "/v1/items/{item_id}",
+    status_code=204,
+    responses={404: {"description": "No such item"}},
+    summary="Make an item unavailable",
+)
+async def delete_item(
+    item_id: str, services: Annotated[Services, Depends(get_services)]
+) -> Response:
+    """The item stops appearing in lists at once (segue keeps its id: logs refer to it)."""
+    if services.catalog.get(item_id) is None:
+        raise HTTPException(404, f"no item {item_id!r}")
+    await run_in_threadpool(services.catalog.set_available, item_id, False)
+    await run_in_threadpool(services.refresh_popular)
+    return Response(status_code=204)
+
+
+class ModelOut(BaseModel):
+    model_version: str
+    offset: int
+    events_learned: int
+    watermark: float | None
+    lag_events: int
+    join: dict[str, int]
+    index: dict[str, float]
+    learner_error: str | None
+    checked_at: float
+
+
+@router.get("/v1/model", response_model=ModelOut, summary="What model is being served")
+def model(services: Annotated[Services, Depends(get_services)]) -> ModelOut:
+    """The served model: its version, the log offset it includes, learner lag, join counts."""
+    engine = services.engine
+    stats = engine.stats()
+    try:
+        lag = max(0, services.log.last_offset() - engine.offset)
+    except Exception:
+        lag = -1
+    return ModelOut(
+        model_version=stats["model_version"],
+        offset=stats["offset"],
+        events_learned=stats["events_learned"],
+        watermark=stats["watermark"],
+        lag_events=lag,
+        join=stats["join"],
+        index={k: (v if v == v else -1.0) for k, v in stats["index"].items()},
+        learner_error=services.learner.last_error if services.learner else None,
+        checked_at=time.time(),
+    )

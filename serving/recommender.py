@@ -1,0 +1,181 @@
+"""The guarded request path: stages under circuit breakers and a time budget, with a fallback.
+
+Each stage (candidates, relevance, rerank) runs on a worker thread and is timed. A stage that
+raises, or is slower than its timeout, counts as a failure for its breaker; an open breaker
+skips the models altogether. Whatever goes wrong - a failure, an open breaker, or the whole
+list taking longer than the budget - the client gets the precomputed popular-now list with
+``fallback`` naming the reason, never an error. The decision is logged only for the list that
+was actually served, so the reward join never credits a list nobody saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from feedback.events import Context, Decision, SlateEntry
+from online.engine import Engine, as_recommendation
+from online.recommendation import Recommendation
+from serving.breaker import CircuitBreaker
+from serving.metrics import Metrics
+from serving.settings import ServingSettings
+
+logger = logging.getLogger("segue.recommend")
+
+STAGES = ("candidates", "relevance", "rerank")
+
+
+class StageFailed(Exception):
+    """A stage raised or its breaker is open; ``reason`` is what ``fallback`` says."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class Request:
+    user_id: str
+    k: int
+    context: Context
+    exclude: Collection[str] = ()
+    explore: bool = True
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+class Recommender:
+    """Runs :class:`~online.engine.Engine` stages for the HTTP path (see the module doc)."""
+
+    def __init__(
+        self,
+        settings: ServingSettings,
+        metrics: Metrics,
+        *,
+        clock_monotonic: object = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        timeouts = {
+            "candidates": settings.candidates_timeout_ms,
+            "relevance": settings.relevance_timeout_ms,
+            "rerank": settings.rerank_timeout_ms,
+        }
+        self.timeouts_s = {k: v / 1000 for k, v in timeouts.items()}
+        self.breakers = {
+            stage: CircuitBreaker(
+                stage,
+                failure_threshold=settings.breaker_failures,
+                open_s=settings.breaker_open_s,
+                **({"clock": clock_monotonic} if clock_monotonic else {}),  # type: ignore[arg-type]
+            )
+            for stage in STAGES
+        }
+        self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="segue-recommend")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _stage(self, name: str, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        breaker = self.breakers[name]
+        if not breaker.allow():
+            raise StageFailed(f"{name}_breaker_open")
+        started = time.perf_counter()
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            breaker.record_failure()
+            logger.exception("stage %s failed", name)
+            raise StageFailed(f"{name}_failed") from exc
+        finally:
+            elapsed = time.perf_counter() - started
+            self.metrics.stage_latency.labels(name).observe(elapsed)
+        if elapsed > self.timeouts_s[name]:
+            breaker.record_failure()
+        else:
+            breaker.record_success()
+        return result
+
+    def _run(self, engine: Engine, req: Request, now: float) -> Decision:
+        pool = self._stage(
+            "candidates", engine.candidates, req.user_id, req.context, exclude=req.exclude, now=now
+        )
+        scored = self._stage("relevance", engine.score, pool)
+        return self._stage(
+            "rerank",
+            engine.make_slate,
+            scored,
+            req.k,
+            explore=req.explore,
+            request_id=req.request_id,
+        )
+
+    async def recommend(
+        self, engine: Engine, req: Request, *, now: float, popular: tuple[str, ...]
+    ) -> Recommendation:
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._pool, self._run, engine, req, now)
+        reason: str | None = None
+        decision: Decision | None = None
+        try:
+            decision = await asyncio.wait_for(
+                asyncio.shield(future), timeout=self.settings.budget_ms / 1000
+            )
+        except TimeoutError:
+            reason = "timeout"
+            # the stages keep running on their thread; its result is dropped, not served
+            future.add_done_callback(lambda f: f.exception())
+        except StageFailed as exc:
+            reason = exc.reason
+        except Exception:  # a bug must still not become a 5xx
+            logger.exception("recommendation failed")
+            reason = "internal_error"
+        if decision is not None and len(decision.slate) == 0 and len(engine.catalog) > 0:
+            reason = "no_candidates"
+            decision = None
+        if decision is None:
+            decision = self.fallback(engine, req, now=now, popular=popular, reason=reason)
+        if decision.slate:
+            try:
+                engine.decisions.put(decision)
+            except Exception:  # the list is still served; its feedback teaches relevance only
+                logger.exception("could not log the decision %s", decision.request_id)
+        took = (time.perf_counter() - started) * 1000
+        self.metrics.stage_latency.labels("total").observe(took / 1000)
+        self.metrics.recommendations.labels(reason or "none").inc()
+        return as_recommendation(decision, fallback=reason, took_ms=round(took, 3))
+
+    @staticmethod
+    def fallback(
+        engine: Engine,
+        req: Request,
+        *,
+        now: float,
+        popular: tuple[str, ...],
+        reason: str | None,
+    ) -> Decision:
+        """The popular-now list, without touching the models (their lock may be held)."""
+        banned = set(req.exclude)
+        slate: list[SlateEntry] = []
+        for item_id in popular:
+            if len(slate) >= req.k:
+                break
+            if item_id in banned:
+                continue
+            item = engine.catalog.get(item_id)
+            if item is None or not item.available:
+                continue
+            slate.append(SlateEntry(item_id, len(slate), 0.0, 1.0, False, {}))
+        return Decision(
+            request_id=req.request_id,
+            user_id=req.user_id,
+            timestamp=now,
+            model_version=engine.model_version,
+            slate=tuple(slate),
+            context=dict(req.context),
+        )

@@ -1,0 +1,141 @@
+"""The engine as listeners and operators notice it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from feedback.events import Event
+from online.catalog import Catalog
+from online.engine import Engine
+from tests.online.conftest import T0, World, make_engine, run_world
+
+
+def test_a_listener_never_seen_gets_a_full_list_of_available_items(small_catalog: Catalog):
+    engine = make_engine(small_catalog)
+    rec = engine.recommend("stranger", 10, {"device": "web"}, now=T0)
+    assert len(rec.items) == 10
+    assert len(set(rec.item_ids)) == 10
+    assert all(small_catalog.get(i).available for i in rec.item_ids)  # type: ignore[union-attr]
+
+
+def test_the_engine_learns_each_groups_taste(small_catalog: Catalog, world: World):
+    engine = make_engine(small_catalog)
+    shares = list(run_world(engine, world, steps=400))
+    before, after = np.mean(shares[:40]), np.mean(shares[-80:])
+    # each favourite genre holds about 1/6 of the catalog: that is what a random list hits
+    assert before < 0.35
+    assert after > 0.6, f"liked share only went from {before:.2f} to {after:.2f}"
+    assert engine.join_stats["joined"] > 0
+    assert engine.quality()["relevance_auc"] > 0.7
+
+
+def test_hard_rules_hold_on_every_list(small_catalog: Catalog, world: World):
+    engine = make_engine(small_catalog, max_per_artist=1)
+    list(run_world(engine, world, steps=60))
+    banned = small_catalog.ids[:50].tolist()
+    small_catalog.set_available(small_catalog.ids[60], False)
+    for user in ("u0", "u1", "new"):
+        rec = engine.recommend(user, 20, {}, exclude=banned, now=world.t)
+        artists = [small_catalog.get(i).artist for i in rec.item_ids]  # type: ignore[union-attr]
+        assert len(artists) == len(set(artists))
+        assert not set(rec.item_ids) & set(banned)
+        assert small_catalog.ids[60] not in rec.item_ids
+
+
+def test_an_item_made_unavailable_stops_appearing_at_once(small_catalog: Catalog, world: World):
+    engine = make_engine(small_catalog)
+    list(run_world(engine, world, steps=40))
+    rec = engine.recommend("u1", 10, {}, explore=False, now=world.t)
+    gone = rec.item_ids[0]
+    small_catalog.set_available(gone, False)
+    for _ in range(5):
+        assert gone not in engine.recommend("u1", 10, {}, now=world.t).item_ids
+    assert gone not in engine.popular_now(50, now=world.t)
+
+
+def test_explore_false_is_the_greedy_list_with_propensity_one(small_catalog: Catalog, world: World):
+    engine = make_engine(small_catalog)
+    list(run_world(engine, world, steps=50))
+    a = engine.recommend("u2", 10, {"device": "ios"}, explore=False, now=world.t)
+    b = engine.recommend("u2", 10, {"device": "ios"}, explore=False, now=world.t)
+    assert a.item_ids == b.item_ids
+    assert all(i.propensity == 1.0 and not i.explored for i in a.items)
+    explored = engine.recommend("u2", 10, {"device": "ios"}, now=world.t)
+    assert all(0.0 < i.propensity <= 1.0 for i in explored.items)
+
+
+def test_plays_just_posted_shape_the_next_list_before_any_model_update(small_catalog: Catalog):
+    engine = make_engine(small_catalog, trending_candidates=0, fresh_candidates=0)
+    played = small_catalog.get(str(small_catalog.ids[123]))
+    assert played is not None
+    assert engine.recommend("fresh-face", 10, {}, now=T0).items == ()  # nothing known yet
+    engine.observe_sessions(
+        [Event("p1", "play", "fresh-face", played.item_id, T0, played_ms=60_000)]
+    )
+    pool = engine.candidates("fresh-face", {}, now=T0 + 1)
+    same_artist = set(small_catalog.items_by_artist(played.artist)) - {played.item_id}
+    assert same_artist & {i.item_id for i in pool.items}, "the session vector found no neighbour"
+    assert played.item_id not in {i.item_id for i in pool.items}  # just played: not again
+    assert engine.relevance.n_learned == 0
+
+
+def test_the_same_seed_gives_the_same_lists(small_catalog: Catalog):
+    def lists(seed: int) -> list[list[str]]:
+        engine = make_engine(small_catalog, seed=seed)
+        world = World(small_catalog)
+        out = []
+        for step in range(30):
+            rec = engine.recommend(f"u{step % 4}", 8, {}, now=world.t, request_id=f"r{step}")
+            out.append(rec.item_ids)
+            engine.learn(world.respond(f"u{step % 4}", rec.request_id, rec.item_ids))
+        return out
+
+    assert lists(5) == lists(5)
+    assert lists(5) != lists(6)
+
+
+def test_a_restart_from_a_saved_state_continues_exactly(small_catalog: Catalog, tmp_path: Path):
+    """Learn a stream in one go, or save halfway, load, and go on: identical predictions."""
+    world = World(small_catalog)
+    driver = make_engine(small_catalog)  # serves the lists both learners learn from
+    stream: list[list[Event]] = []
+    for step in range(60):
+        rec = driver.recommend(f"u{step % 6}", 8, {}, now=world.t, request_id=f"r{step}")
+        stream.append(world.respond(f"u{step % 6}", rec.request_id, rec.item_ids))
+
+    straight = make_engine(small_catalog, seed=11)
+    straight.decisions = driver.decisions
+    straight._joiner.decisions = driver.decisions
+    for batch in stream:
+        straight.learn(batch)
+
+    first = make_engine(small_catalog, seed=11)
+    first.decisions = driver.decisions
+    first._joiner.decisions = driver.decisions
+    for batch in stream[:30]:
+        first.learn(batch)
+    first.save(tmp_path / "snap")
+    resumed = Engine.load(
+        tmp_path / "snap",
+        small_catalog,
+        first.settings,
+        first.learner_settings,
+        decisions=driver.decisions,
+    )
+    for batch in stream[30:]:
+        resumed.learn(batch)
+
+    items = [small_catalog.get(str(i)) for i in small_catalog.ids[:50]]
+    for user in ("u0", "u3", "unknown"):
+        np.testing.assert_allclose(
+            straight.relevance.predict_many(user, items, {}),  # type: ignore[arg-type]
+            resumed.relevance.predict_many(user, items, {}),  # type: ignore[arg-type]
+            rtol=1e-6,
+        )
+    assert straight.join_stats == resumed.join_stats
+    assert straight.bandit.n_learned == resumed.bandit.n_learned > 0
+    a = straight.recommend("u1", 8, {}, explore=False, now=world.t)
+    b = resumed.recommend("u1", 8, {}, explore=False, now=world.t)
+    assert a.item_ids == b.item_ids

@@ -1,0 +1,210 @@
+"""POST /v1/recommend and the catalog endpoints, as a client team sees them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+from fastapi.testclient import TestClient
+
+from online.engine import Engine
+from serving.settings import ServingSettings
+from tests.serving.conftest import NOW
+
+NOW_MS = int(NOW * 1000)
+
+
+def items(n: int, start: int = 0) -> list[dict[str, object]]:
+    return [
+        {
+            "id": f"t{i}",
+            "title": f"Track {i}",
+            "artist": f"a{i % 25}",
+            "genres": [f"g{i % 5}"],
+            "release_time": NOW - 86_400 * (1 + i % 400),
+            "duration_ms": 200_000,
+            "embedding": [float((i % 25) == d) for d in range(8)],
+            "label": "indie" if i % 2 else "major",
+        }
+        for i in range(start, start + n)
+    ]
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    c = make_client(embedding_dim=8)
+    r = c.post("/v1/items", json={"items": items(300)})
+    assert r.json() == {"upserted": 300, "rejected": []}
+    return c
+
+
+def engine_of(client: TestClient) -> Engine:
+    return client.app.state.services.engine  # type: ignore[attr-defined,no-any-return]
+
+
+def test_a_listener_never_seen_gets_a_list_and_a_request_id(client: TestClient):
+    r = client.post(
+        "/v1/recommend", json={"user_id": "newbie", "k": 12, "context": {"device": "tv"}}
+    )
+    assert r.status_code == 200
+    body = r.json()
+    assert len(body["items"]) == 12
+    assert body["fallback"] is None
+    assert body["request_id"] and body["model_version"].startswith("v")
+    assert all(0 < i["propensity"] <= 1 for i in body["items"])
+    assert len({i["item_id"] for i in body["items"]}) == 12
+
+
+def test_the_full_loop_impressions_and_plays_are_learned(client: TestClient):
+    rec = client.post("/v1/recommend", json={"user_id": "u1", "k": 5}).json()
+    events = []
+    for pos, item in enumerate(rec["items"]):
+        events.append(
+            {
+                "event_id": f"i{pos}",
+                "type": "impression",
+                "user_id": "u1",
+                "item_id": item["item_id"],
+                "timestamp": NOW_MS,
+                "request_id": rec["request_id"],
+                "position": pos,
+            }
+        )
+    events.append(
+        {
+            "event_id": "p0",
+            "type": "play",
+            "user_id": "u1",
+            "item_id": rec["items"][0]["item_id"],
+            "timestamp": NOW_MS + 1000,
+            "request_id": rec["request_id"],
+            "played_ms": 150_000,
+            "duration_ms": 200_000,
+        }
+    )
+    assert client.post("/v1/feedback", json={"events": events}).json()["accepted"] == 6
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        model = client.get("/v1/model").json()
+        if model["events_learned"] >= 6 and model["join"]["joined"] >= 1:
+            break
+        time.sleep(0.05)
+    assert model["events_learned"] >= 6
+    assert model["join"]["joined"] >= 1  # the play was attributed to its list
+    assert model["lag_events"] == 0
+    # the played item is not recommended again right away (session)
+    again = client.post("/v1/recommend", json={"user_id": "u1", "k": 20}).json()
+    assert rec["items"][0]["item_id"] not in {i["item_id"] for i in again["items"]}
+
+
+def test_exclusions_per_artist_limit_and_explore_false(client: TestClient):
+    excluded = [f"t{i}" for i in range(0, 300, 2)]
+    body = client.post(
+        "/v1/recommend", json={"user_id": "u2", "k": 30, "exclude": excluded, "explore": False}
+    ).json()
+    ids = [i["item_id"] for i in body["items"]]
+    assert not set(ids) & set(excluded)
+    artists = [int(i[1:]) % 25 for i in ids]
+    assert max(artists.count(a) for a in set(artists)) <= 2
+    assert all(i["propensity"] == 1.0 and not i["explored"] for i in body["items"])
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"user_id": "u", "k": 0}, "k"),
+        ({"user_id": "u", "k": 101}, "k"),
+        ({"user_id": ""}, "user_id"),
+        ({"k": 3}, "user_id"),
+        ({"user_id": "u", "context": {"a": [1]}}, "context"),
+        ({"user_id": "u", "surprise": 1}, "surprise"),
+    ],
+)
+def test_bad_requests_get_a_422_naming_the_field(client: TestClient, body: dict, field: str):
+    r = client.post("/v1/recommend", json=body)
+    assert r.status_code == 422
+    assert field in str(r.json()["detail"])
+
+
+def test_a_failing_stage_is_a_fallback_and_then_the_breaker_opens_and_recovers(
+    make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+):
+    client = make_client(
+        embedding_dim=8, serving=ServingSettings(breaker_failures=2, breaker_open_s=0.5)
+    )
+    client.post("/v1/items", json={"items": items(100)})
+    engine = engine_of(client)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("model file is corrupt")
+
+    monkeypatch.setattr(engine, "score", broken)
+    reasons = []
+    for _ in range(4):
+        r = client.post("/v1/recommend", json={"user_id": "u", "k": 10})
+        assert r.status_code == 200
+        assert len(r.json()["items"]) == 10  # the popular-now list, never an error
+        reasons.append(r.json()["fallback"])
+    assert reasons == [
+        "relevance_failed",
+        "relevance_failed",
+        "relevance_breaker_open",
+        "relevance_breaker_open",
+    ]
+    monkeypatch.undo()
+    time.sleep(0.6)  # the breaker half-opens; the probe succeeds and it closes
+    assert client.post("/v1/recommend", json={"user_id": "u", "k": 10}).json()["fallback"] is None
+    assert client.post("/v1/recommend", json={"user_id": "u", "k": 10}).json()["fallback"] is None
+    metrics = client.get("/metrics").text
+    assert 'segue_recommendations_total{fallback="relevance_failed"} 2.0' in metrics
+
+
+def test_a_slow_stage_answers_within_budget_with_a_fallback(
+    make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+):
+    client = make_client(
+        embedding_dim=8, serving=ServingSettings(budget_ms=100, breaker_failures=50)
+    )
+    client.post("/v1/items", json={"items": items(100)})
+    engine = engine_of(client)
+    real = engine.candidates
+
+    def slow(*args: object, **kwargs: object):
+        time.sleep(0.4)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "candidates", slow)
+    started = time.perf_counter()
+    body = client.post("/v1/recommend", json={"user_id": "u", "k": 10}).json()
+    assert time.perf_counter() - started < 0.35
+    assert body["fallback"] == "timeout"
+    assert len(body["items"]) == 10
+    monkeypatch.undo()
+    time.sleep(0.5)
+    assert client.post("/v1/recommend", json={"user_id": "u", "k": 10}).json()["fallback"] is None
+
+
+def test_items_api_rejects_bad_items_by_name_and_delete_hides_an_item(client: TestClient):
+    r = client.post(
+        "/v1/items",
+        json={
+            "items": [
+                {"id": "ok1", "artist": "x"},
+                {"title": "no id"},
+                {"id": "e", "embedding": [1.0]},
+            ]
+        },
+    )
+    body = r.json()
+    assert body["upserted"] == 1
+    assert [(x["index"], x["id"]) for x in body["rejected"]] == [(1, None), (2, "e")]
+    assert "id" in body["rejected"][0]["reason"]
+    assert "dimension" in body["rejected"][1]["reason"] or "8" in body["rejected"][1]["reason"]
+    first = client.post("/v1/recommend", json={"user_id": "z", "k": 30, "explore": False}).json()
+    victim = first["items"][0]["item_id"]
+    assert client.delete(f"/v1/items/{victim}").status_code == 204
+    assert client.delete("/v1/items/nope").status_code == 404
+    for _ in range(3):
+        again = client.post("/v1/recommend", json={"user_id": "z", "k": 30}).json()
+        assert victim not in {i["item_id"] for i in again["items"]}
