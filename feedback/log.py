@@ -194,6 +194,23 @@ class SQLEventLog:
         """
         received_at = time.time() if now is None else now
         self.ensure_schema()
+        # rows are built before the write lock is taken: only the database work is serialized
+        unique: dict[str, Event] = {}
+        for ev in events:
+            unique.setdefault(ev.event_id, ev)
+        rows = [
+            (
+                ev.event_id,
+                ev.type,
+                ev.user_id,
+                ev.item_id,
+                ev.timestamp,
+                ev.request_id,
+                orjson.dumps(ev.to_dict()).decode(),
+                received_at,
+            )
+            for ev in unique.values()
+        ]
         with self._write_lock, self._engine.begin() as conn:
             self._lock_for_write(conn)
             if batch_key is not None:
@@ -204,25 +221,7 @@ class SQLEventLog:
                 ).scalar_one_or_none()
                 if stored is not None:
                     return IngestResult.from_json(orjson.loads(stored), replayed=True)
-            unique: dict[str, Event] = {}
-            for ev in events:
-                unique.setdefault(ev.event_id, ev)
-            stored_now = 0
-            if unique:
-                rows = [
-                    {
-                        "event_id": ev.event_id,
-                        "type": ev.type,
-                        "user_id": ev.user_id,
-                        "item_id": ev.item_id,
-                        "event_time": ev.timestamp,
-                        "request_id": ev.request_id,
-                        "payload": orjson.dumps(ev.to_dict()).decode(),
-                        "received_at": received_at,
-                    }
-                    for ev in unique.values()
-                ]
-                stored_now = self._insert_events(conn, rows)
+            stored_now = self._insert_events(conn, rows) if rows else 0
             if rejections:
                 conn.execute(
                     tables.dead_letters.insert(),
@@ -271,15 +270,15 @@ class SQLEventLog:
         elif is_sqlite(self._engine):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
-    def _insert_events(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> int:
-        """Insert rows, skipping event ids already stored; returns how many were new.
+    def _insert_events(self, conn: sa.Connection, values: list[tuple[Any, ...]]) -> int:
+        """Insert rows (values in ``_EVENT_COLUMNS`` order), skipping event ids already stored;
+        returns how many were new.
 
         Runs on the driver connection inside the caller's transaction: SQLAlchemy's generic
         executemany-with-RETURNING costs 4-5x more here (measured: 54 ms vs 10 ms per 1000
         rows on PostgreSQL), and ingest speed is this path.
         """
         raw = conn.connection.driver_connection
-        values = [tuple(row[c] for c in _EVENT_COLUMNS) for row in rows]
         if is_postgres(self._engine):
             cur = raw.cursor()
             cur.execute(

@@ -61,7 +61,9 @@ def learn(
     catalog = Catalog(db, embedding_dim=settings.embedding_dim)
     if settings.redis_url:
         decisions: DecisionLog = RedisDecisionLog(
-            settings.redis_url, ttl_s=settings.learner.decision_ttl_s
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            ttl_s=settings.learner.decision_ttl_s,
         )
     else:
         logger.warning(

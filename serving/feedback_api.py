@@ -206,5 +206,6 @@ async def post_feedback(
         for rej in bad:
             metrics.dead_letters.labels(rej.code).inc()
         if result.accepted:
-            services.observe(good)
+            # off the event loop: it waits for the engine lock the learner may hold
+            await run_in_threadpool(services.observe, good)
     return Response(orjson.dumps(result.to_json()), media_type="application/json")

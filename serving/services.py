@@ -90,7 +90,9 @@ class Services:
             )
         if settings.redis_url:
             decisions: DecisionLog = RedisDecisionLog(
-                settings.redis_url, ttl_s=settings.learner.decision_ttl_s
+                settings.redis_url,
+                prefix=settings.redis_prefix,
+                ttl_s=settings.learner.decision_ttl_s,
             )
         else:
             decisions = InMemoryDecisionLog(ttl_s=settings.learner.decision_ttl_s, clock=clock)
@@ -198,6 +200,9 @@ class Services:
         self.new_events.set()
         for thread in self._threads:
             thread.join(timeout=30)
+        close_decisions = getattr(self.decisions, "close", None)
+        if close_decisions is not None:
+            close_decisions()
         self.log.close()
 
 

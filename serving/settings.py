@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     """Redis URL for shared state (decision log, caches). Unset: kept in process."""
 
+    redis_prefix: str = Field("segue:", min_length=1)
+    """Prefix of every Redis key segue writes (several deployments can share one Redis)."""
+
     db_timeout_s: float = Field(5.0, gt=0)
     """How long a database statement may wait before it counts as failed."""
 
