@@ -8,11 +8,13 @@ an ``engine_factory`` to make engine-based policy names available.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from simulations.ope import policy_target
 from simulations.policy import EngineFactory
 from simulations.report import print_table, write_report
 from simulations.runs import (
@@ -47,8 +49,12 @@ def _finish(result: Any, out: Path, cfg: dict[str, Any], kind: str, title: str) 
     typer.echo(f"wrote {len(paths)} files to {out}")
 
 
-def make_app(engine_factory: EngineFactory | None = None) -> typer.Typer:
-    """The ``replay``, ``ope`` and ``simulate`` commands, with policies built by name."""
+def make_app(
+    engine_factory: EngineFactory | None = None,
+    snapshot_loader: Callable[[str], Any] | None = None,
+) -> typer.Typer:
+    """The ``replay``, ``ope`` and ``simulate`` commands, with policies built by name;
+    ``snapshot_loader(version)`` gives a policy restored from a model snapshot (``ope``)."""
     app = typer.Typer(
         help="Simulations: progressive replay, off-policy evaluation, a synthetic world.",
         no_args_is_help=True,
@@ -95,6 +101,10 @@ def make_app(engine_factory: EngineFactory | None = None) -> typer.Typer:
         reward_model: Annotated[
             str | None, typer.Option(help="DR reward model: mean or ridge.")
         ] = None,
+        snapshot: Annotated[
+            list[str] | None,
+            typer.Option(help="Also evaluate this model snapshot (repeatable), e.g. v000012."),
+        ] = None,
     ) -> None:
         """Off-policy evaluation: Replay, IPS, SNIPS and DR with bootstrap CIs.
 
@@ -105,8 +115,16 @@ def make_app(engine_factory: EngineFactory | None = None) -> typer.Typer:
             load_config(config),
             {"seed": seed, "n_boot": n_boot, "reward_model": reward_model},
         )
-        result = run_ope(file, cfg)
+        extra: dict[str, Any] = {}
+        for version in snapshot or []:
+            if snapshot_loader is None:
+                raise typer.BadParameter("snapshots can be evaluated from the segue command")
+            policy = snapshot_loader(version)
+            extra[f"snapshot:{version}"] = lambda _train, test, p=policy: policy_target(test, p)
+        result = run_ope(file, cfg, extra_targets=extra)
         cfg["file"] = str(file)
+        if snapshot:
+            cfg["snapshots"] = list(snapshot)
         _finish(result, out or Path("sim-out/ope"), cfg, "ope", "off-policy estimates")
 
     @app.command("simulate")
