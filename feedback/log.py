@@ -279,6 +279,7 @@ class SQLEventLog:
         rows on PostgreSQL), and ingest speed is this path.
         """
         raw = conn.connection.driver_connection
+        assert raw is not None, "a connection inside a transaction has a driver connection"
         if is_postgres(self._engine):
             cur = raw.cursor()
             cur.execute(
@@ -385,12 +386,12 @@ class SQLEventLog:
     def stats(self) -> LogStats:
         self.ensure_schema()
         with self._engine.connect() as conn:
-            by_type = dict(
+            by_type: dict[str, int] = dict(
                 conn.execute(
                     sa.select(tables.events.c.type, sa.func.count()).group_by(tables.events.c.type)
                 ).all()
             )
-            by_code = dict(
+            by_code: dict[str, int] = dict(
                 conn.execute(
                     sa.select(tables.dead_letters.c.code, sa.func.count()).group_by(
                         tables.dead_letters.c.code

@@ -61,7 +61,7 @@ def create_app(
     app.state.services = services
 
     @app.middleware("http")
-    async def _timing(request: Request, call_next):  # type: ignore[no-untyped-def]
+    async def _timing(request: Request, call_next):
         started = time.perf_counter()
         response = await call_next(request)
         route = request.scope.get("route")

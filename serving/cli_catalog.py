@@ -12,7 +12,7 @@ from serving.settings import SettingsError, load_settings
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 
 
-def _catalog():  # type: ignore[no-untyped-def]
+def _catalog():
     from feedback.db import create_db_engine
     from online.catalog import Catalog
 

@@ -14,9 +14,10 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from feedback.events import Context, Decision, SlateEntry
 from online.engine import Engine, as_recommendation
@@ -56,7 +57,7 @@ class Recommender:
         settings: ServingSettings,
         metrics: Metrics,
         *,
-        clock_monotonic: object = None,
+        clock_monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -71,7 +72,7 @@ class Recommender:
                 stage,
                 failure_threshold=settings.breaker_failures,
                 open_s=settings.breaker_open_s,
-                **({"clock": clock_monotonic} if clock_monotonic else {}),  # type: ignore[arg-type]
+                clock=clock_monotonic,
             )
             for stage in STAGES
         }
@@ -80,7 +81,7 @@ class Recommender:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _stage(self, name: str, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _stage(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         breaker = self.breakers[name]
         if not breaker.allow():
             raise StageFailed(f"{name}_breaker_open")
