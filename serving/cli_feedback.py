@@ -93,3 +93,29 @@ def dead_letters(
         typer.echo(f"#{r.id} {when} {r.kind:<5} {r.code:<24} {r.event_id or '-'}  {r.reason}")
     if not rows:
         typer.echo("no dead letters match")
+
+
+@app.command()
+def export(
+    file: Annotated[Path, typer.Argument(help="JSONL file to write ('-': stdout).")],
+    after: Annotated[int, typer.Option(help="Only events after this log offset.")] = 0,
+    limit: Annotated[int, typer.Option(help="At most this many events (0: all).")] = 0,
+) -> None:
+    """Write the event log as JSONL, in log order (what 'segue replay' reads).
+
+    Example: segue feedback export events.jsonl && segue replay events.jsonl
+    """
+    log = _open_log()
+    out = sys.stdout.buffer if str(file) == "-" else file.open("wb")
+    n = 0
+    try:
+        for logged in log.iter_from(after):
+            out.write(orjson.dumps({"offset": logged.offset, **logged.event.to_dict()}) + b"\n")
+            n += 1
+            if limit and n >= limit:
+                break
+    finally:
+        if out is not sys.stdout.buffer:
+            out.close()
+    if str(file) != "-":
+        typer.echo(f"wrote {n} events to {file}")

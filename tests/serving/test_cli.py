@@ -120,3 +120,36 @@ def test_ope_evaluates_a_snapshot_against_the_logged_policy(
     summary = (out / "summary.csv").read_text()
     assert f"snapshot:{result.version}" in summary
     assert json.loads((out / "config.json").read_text())["snapshots"] == [result.version]
+
+
+def test_the_event_log_exports_to_what_replay_reads(data_dir: Path, tmp_path: Path):
+    log = _log(data_dir)
+    events = [
+        Event(f"e{i}", "play", f"u{i % 7}", f"t{(i * 3) % 40}", T0 + i, played_ms=60_000)
+        for i in range(300)
+    ]
+    log.append(events)
+    exported = tmp_path / "events.jsonl"
+    r = runner.invoke(app, ["feedback", "export", str(exported)])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in exported.read_text().splitlines()]
+    assert [row["event_id"] for row in rows] == [e.event_id for e in events]
+    assert [row["offset"] for row in rows] == sorted(row["offset"] for row in rows)
+    out = tmp_path / "replay"
+    r = runner.invoke(
+        app,
+        [
+            "replay",
+            str(exported),
+            "--policies",
+            "random,popular",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+        if "--no-progress" in runner.invoke(app, ["replay", "--help"]).output
+        else ["replay", str(exported), "--policies", "random,popular", "--out", str(out)],
+    )
+    assert r.exit_code == 0, r.output
+    summary = (out / "summary.csv").read_text()
+    assert "random" in summary and "popular" in summary
