@@ -11,9 +11,12 @@ Exactly once: the offset lives in the engine state and in every snapshot. A rest
 again from the same state: none is lost, none counts twice.
 
 Rollback: the learner polls ``CURRENT``; when an operator moves it, the learner loads that
-snapshot and, by the pointer's mode, either continues with new events only (``continue``) or
-re-learns the log from the snapshot's offset (``replay``). The new engine is handed to
-``on_swap`` so that the service answers with it at once.
+snapshot and, by the pointer's mode, either continues from the pointer's ``resume_offset``
+(``continue``: the span the operator skipped is not learned, and the running learner ends up
+exactly where a restarted one would) or re-learns the log from the snapshot's offset
+(``replay``). The new engine is handed to ``on_swap`` so that the service answers with it at
+once. A rollback that cannot be loaded yet is retried, and until it is, nothing is learned or
+cut, so the learner never promotes over the operator's choice.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from feedback.log import EventLog
 from online.catalog import Catalog
 from online.engine import ContentIndex, Engine
 from online.settings import EngineSettings, LearnerSettings
-from snapshots import CommitResult, CutSchedule, SnapshotStore, settings_hash
+from snapshots import CommitResult, CurrentPointer, CutSchedule, SnapshotStore, settings_hash
 
 logger = logging.getLogger("segue.learner")
 
@@ -98,6 +101,7 @@ class Learner:
         self._on_swap = on_swap
         self._on_step = on_step
         self._events_since_cut = 0
+        self._pending: CurrentPointer | None = None
         self.last_error: str | None = None
 
     @property
@@ -109,10 +113,15 @@ class Learner:
     def step(self) -> StepReport:
         """Obey a moved ``CURRENT``, learn one batch, refresh the index, cut when due."""
         report = StepReport()
-        if self.store is not None and (pointer := self.store.poll()) is not None:
-            # poll() reports only moves made by others (an operator's rollback)
-            self._swap(pointer.version, pointer.mode)
-            report.swapped_to = pointer.version
+        if self.store is not None:
+            # poll() reports only moves made by others (an operator's rollback); one that could
+            # not be obeyed yet stays pending, and nothing is learned or cut until it is
+            pointer = self.store.poll() or self._pending
+            if pointer is not None:
+                self._pending = pointer
+                self._swap(pointer)
+                self._pending = None
+                report.swapped_to = pointer.version
         batch = self.log.read(self.engine.offset, self.settings.read_batch)
         chunk = self.settings.lock_chunk
         for start in range(0, len(batch), chunk):
@@ -148,23 +157,32 @@ class Learner:
         if self.store is None:
             return None
         engine = self.engine
-        with self.store.stage() as staging, engine.lock:
-            engine.save(staging.path)
+        with self.store.stage() as staging:
+            # the files and the figures that describe them are taken under the engine lock;
+            # hashing and fsyncing them (most of a cut) happen outside it, so requests served
+            # from this engine do not wait for the disk. Only this thread learns, so nothing
+            # the manifest records can move in between.
+            with engine.lock:
+                engine.save(staging.path)
+                offset, events = engine.offset + 1, engine.learned_since_base
+                watermark, metrics = engine.watermark, engine.quality(reset=True)
+                parent = engine.base_version if engine.base_version != "v0" else None
             result = staging.commit(
-                offset=engine.offset + 1,
-                events=engine.learned_since_base,
-                watermark=engine.watermark,
-                metrics=engine.quality(reset=True),
+                offset=offset,
+                events=events,
+                watermark=watermark,
+                metrics=metrics,
                 settings_hash=settings_hash(
                     {
                         "engine": engine.settings.model_dump(mode="json"),
                         "learner": engine.learner_settings.model_dump(mode="json"),
                     }
                 ),
-                parent=engine.base_version if engine.base_version != "v0" else None,
+                parent=parent,
             )
-            engine.base_version = result.version
-            engine.learned_since_base = 0
+            with engine.lock:
+                engine.base_version = result.version
+                engine.learned_since_base -= events
         self._events_since_cut = 0
         if self.schedule is not None:
             self.schedule.reset()
@@ -174,9 +192,16 @@ class Learner:
             logger.warning("snapshot %s held back: %s", result.version, result.reason)
         return result
 
-    def _swap(self, version: str, mode: str) -> None:
-        """Load ``version`` (an operator's rollback) and continue or replay as it says."""
+    def _swap(self, pointer: CurrentPointer) -> None:
+        """Load ``pointer.version`` (an operator's rollback) and continue or replay as it says.
+
+        ``continue`` resumes at ``pointer.resume_offset``, exactly where a learner started now
+        would: the span from the snapshot to the furthest snapshot cut before the rollback is
+        skipped, and the events learned since that last cut (in no snapshot) are learned again
+        on top of the rolled-back state rather than silently dropped.
+        """
         assert self.store is not None
+        version, mode = pointer.version, pointer.mode
         snapshot = self.store.load(version)
         old = self.engine
         new = Engine.load(
@@ -191,7 +216,7 @@ class Learner:
         if mode == "replay":
             new.offset = snapshot.manifest.offset - 1
         else:
-            new.offset = old.offset  # new events only: the span since the snapshot is skipped
+            new.offset = max(snapshot.manifest.offset, pointer.resume_offset) - 1
         self.engine = new
         self._events_since_cut = 0
         logger.warning(
@@ -226,7 +251,7 @@ class Learner:
                     wake.clear()
                 else:
                     stop.wait(poll)
-        if cut_on_stop and self._events_since_cut:
+        if cut_on_stop and self._events_since_cut and self._pending is None:
             try:
                 self.cut()
             except Exception:

@@ -137,10 +137,12 @@ class Services:
         """Without an embedded learner: serve each new ``CURRENT`` within ``reload_poll_s``."""
 
         def loop() -> None:
+            retry = False  # a move whose snapshot could not be loaded is tried again
             while not self._stop.wait(self.settings.serving.reload_poll_s):
                 try:
-                    if self.store.poll() is None:
+                    if self.store.poll() is None and not retry:
                         continue
+                    retry = True
                     fresh = open_engine(
                         self.catalog,
                         self.store,
@@ -150,6 +152,7 @@ class Services:
                         content_index=self.engine.content_index,
                     )
                     self.swap_engine(fresh)
+                    retry = False
                 except Exception:
                     logger.exception("could not load the new CURRENT snapshot; keeping the old")
 
