@@ -295,12 +295,11 @@ class BanditReranker:
         if any(c.vector is not None for c in pool):
             dim = next(len(c.vector) for c in pool if c.vector is not None)
             units = np.zeros((n, dim))
-            for i, c in enumerate(pool):
-                if c.vector is not None:
-                    v = np.asarray(c.vector, dtype=float)
-                    norm = float(np.linalg.norm(v))
-                    if norm > 0.0:
-                        units[i] = v / norm
+            has = [i for i, c in enumerate(pool) if c.vector is not None]
+            units[has] = np.array([pool[i].vector for i in has], dtype=float)
+            norms = np.sqrt(np.einsum("ij,ij->i", units, units))
+            nonzero = norms > 0.0
+            units[nonzero] /= norms[nonzero, None]
         sim = np.zeros(n)
         served_sim = np.full(n, _PLACEHOLDER)  # the value currently in each parsed example
         eligible_mask = np.ones(n, dtype=bool)  # not placed, artist below its cap
@@ -309,6 +308,11 @@ class BanditReranker:
             by_artist.setdefault(c.artist, []).append(i)
         per_artist: Counter[str] = Counter()
         slate: list[SlateEntry] = []
+        pop_feature, push_feature = pylibvw.example.pop_feature, pylibvw.example.push_hashed_feature
+        ns_p, ns_d = ord("p"), ord("d")
+        sim_index, pos_index = self._sim_index, self._pos_index
+        predict_multi, ws = pylibvw.vw.predict_multi, self._ws
+        squarecb = self.exploration == "squarecb"
 
         exs = self._ws.parse(json.dumps(doc))
         try:
@@ -318,13 +322,27 @@ class BanditReranker:
                 if len(eligible) == 0:
                     break
                 pos_value = round(math.log1p(position), _DIGITS)
-                self._set(shared_ex, "p", self._pos_index, pos_value)
+                pop_feature(shared_ex, ns_p)
+                push_feature(shared_ex, ns_p, pos_index, pos_value)
                 rounded = np.round(sim, _DIGITS)
-                for idx in np.flatnonzero((rounded != served_sim) & eligible_mask):
-                    self._set(actions[idx], "d", self._sim_index, float(rounded[idx]))
-                    served_sim[idx] = rounded[idx]
-                slot = [shared_ex, *(actions[idx] for idx in eligible)]
-                pmf, costs = self._predict(slot)
+                changed = np.flatnonzero((rounded != served_sim) & eligible_mask)
+                for idx, value in zip(changed.tolist(), rounded[changed].tolist(), strict=True):
+                    ex = actions[idx]
+                    pop_feature(ex, ns_d)
+                    push_feature(ex, ns_d, sim_index, value)
+                served_sim[changed] = rounded[changed]
+                chosen_actions = [actions[idx] for idx in eligible.tolist()]
+                slot = [shared_ex, *chosen_actions]
+                # VW's prediction for every eligible action of this slot in one call (the
+                # binding under Workspace.predict: its wrapper costs more than VW itself)
+                predict_multi(ws, slot)
+                if squarecb:
+                    costs = np.array([e.get_partial_prediction() for e in chosen_actions])
+                    pmf = self._squarecb(costs)
+                else:
+                    costs = None
+                    pmf = np.asarray(shared_ex.get_action_scores(), dtype=float)
+                    pmf = pmf / pmf.sum()
                 greedy = int(np.argmax(pmf))
                 if explore:
                     u = self._rng.random()
@@ -339,6 +357,9 @@ class BanditReranker:
                     float(costs[j]) if costs is not None else slot[j + 1].get_partial_prediction()
                 )
                 chosen = int(eligible[j])
+                features = dict(static[chosen])
+                features["sim"] = float(served_sim[chosen])
+                features["pos"] = pos_value
                 slate.append(
                     SlateEntry(
                         item_id=pool[chosen].item_id,
@@ -346,11 +367,7 @@ class BanditReranker:
                         score=-float(cost),
                         propensity=min(1.0, propensity),
                         explored=j != greedy,
-                        features={
-                            **static[chosen],
-                            "sim": float(served_sim[chosen]),
-                            "pos": pos_value,
-                        },
+                        features=features,
                     )
                 )
                 eligible_mask[chosen] = False

@@ -67,6 +67,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -180,7 +181,12 @@ class Catalog:
     """
 
     def __init__(
-        self, engine_or_url: sa.Engine | str, embedding_dim: int | None = None, *, load: bool = True
+        self,
+        engine_or_url: sa.Engine | str,
+        embedding_dim: int | None = None,
+        *,
+        load: bool = True,
+        item_cache_size: int = 32_768,
     ) -> None:
         if embedding_dim is not None and embedding_dim < 1:
             raise ValueError(f"embedding_dim must be >= 1 or None, got {embedding_dim}")
@@ -191,6 +197,10 @@ class Catalog:
         )
         self._owns_engine = not isinstance(engine_or_url, sa.Engine)
         self.embedding_dim = embedding_dim
+        # built Items by dense index: the request path asks for the same popular items again
+        # and again; an entry is dropped whenever its row changes
+        self.item_cache_size = item_cache_size
+        self._item_cache: dict[int, Item] = {}
         self._table = items_table(sa.MetaData())
         self._table_ready = False
         self._lock = threading.RLock()
@@ -210,6 +220,7 @@ class Catalog:
         self.close()
 
     def _reset(self) -> None:
+        self._item_cache = {}
         self._index: dict[str, int] = {}
         self._records: list[_Record] = []
         self._by_artist: dict[str, list[int]] = {}
@@ -270,29 +281,93 @@ class Catalog:
 
     def get(self, item_id: str) -> Item | None:
         """The item, or ``None`` when the catalog has never seen ``item_id``."""
+        return self.get_many((item_id,))[0]
+
+    def get_many(self, item_ids: Iterable[str]) -> list[Item | None]:
+        """:meth:`get` for many ids at once (one lock, array reads in bulk): the request path
+        builds a few hundred items per list."""
         with self._lock:
-            i = self._index.get(item_id)
-            if i is None:
-                return None
-            title, artist, genres, duration_ms, attributes = self._records[i]
+            index, records, cache = self._index, self._records, self._item_cache
+            ids = list(item_ids)
+            rows = [index.get(item_id, -1) for item_id in ids]
+            if len(cache) + len(rows) > self.item_cache_size:
+                cache.clear()
+            pos: dict[int, int] = {}
+            for i in rows:
+                if i >= 0 and i not in cache and i not in pos:
+                    pos[i] = len(pos)
+            if not pos:
+                return [cache.get(i) for i in rows]
+            known = list(pos)
             view = self._view
-            release = float(view.release_times[i])
-            embedding = None
-            if view.embeddings is not None and view.has_embedding[i]:
-                embedding = tuple(view.embeddings[i].tolist())
-            return Item(
-                item_id=item_id,
-                title=title,
-                artist=artist,
-                genres=genres,
-                release_time=None if math.isnan(release) else release,
-                duration_ms=duration_ms,
-                available=bool(view.available_mask[i]),
-                embedding=embedding,
-                attributes=json.loads(attributes)
-                if isinstance(attributes, str)
-                else dict(attributes or {}),
-            )
+            releases = view.release_times[known].tolist()
+            available = view.available_mask[known].tolist()
+            if view.embeddings is not None:
+                has = view.has_embedding[known].tolist()
+                vectors = view.embeddings[known].tolist()
+            else:
+                has = [False] * len(known)
+                vectors = []
+            out: list[Item | None] = []
+            built: dict[int, Item] = {}
+            for item_id, i in zip(ids, rows, strict=True):
+                if i < 0:
+                    out.append(None)
+                    continue
+                hit = cache.get(i) or built.get(i)
+                if hit is not None:
+                    out.append(hit)
+                    continue
+                j = pos[i]
+                title, artist, genres, duration_ms, attributes = records[i]
+                if isinstance(attributes, str):
+                    # parsed once, on first use (loading a million rows stays fast)
+                    attributes = json.loads(attributes)
+                    records[i] = (title, artist, genres, duration_ms, attributes)
+                release = releases[j]
+                item = Item(
+                    item_id=item_id,
+                    title=title,
+                    artist=artist,
+                    genres=genres,
+                    release_time=None if release != release else release,  # NaN: unknown
+                    duration_ms=duration_ms,
+                    available=available[j],
+                    embedding=tuple(vectors[j]) if has[j] else None,
+                    # shared by every caller of a cached item: read-only
+                    attributes=MappingProxyType(dict(attributes or {})),
+                )
+                built[i] = item
+                if self.item_cache_size > 0:
+                    cache[i] = item
+                out.append(item)
+            return out
+
+    def feature_items(self, indexes: Iterable[int]) -> list[Item]:
+        """Items at dense ``indexes`` with only what models featurize (id, title, artist,
+        genres): no embedding, release time or attributes. Cheap enough for index refreshes
+        over thousands of items; use :meth:`get_many` for anything served."""
+        with self._lock:
+            ids, records = self._ids_buf, self._records
+            return [
+                Item(ids[i], title=records[i][0], artist=records[i][1], genres=records[i][2])
+                for i in indexes
+            ]
+
+    def indexes_of(self, item_ids: Iterable[str]) -> np.ndarray:
+        """Dense indexes of ``item_ids`` (int64), ``-1`` for ids the catalog has never seen."""
+        get = self._index.get
+        return np.fromiter((get(item_id, -1) for item_id in item_ids), dtype=np.int64)
+
+    def artist_of(self, item_id: str) -> str | None:
+        """The artist of ``item_id`` (``""`` when unknown), ``None`` for an unseen id."""
+        i = self._index.get(item_id)
+        return None if i is None else self._records[i][1]
+
+    def indexes_by_artist(self, artist: str) -> list[int]:
+        """Dense indexes of every item by ``artist`` (available or not), in index order."""
+        with self._lock:
+            return list(self._by_artist.get(artist, ()))
 
     def items_by_artist(self, artist: str) -> list[str]:
         """Ids of every item by ``artist`` (available or not), in index order."""
@@ -376,6 +451,7 @@ class Catalog:
                 )
             avail = self._avail_buf.copy()  # copy-on-write: published arrays never change
             avail[i] = bool(available)
+            self._item_cache.pop(i, None)
             self._avail_buf = avail
             self._version += 1
             self._publish()
@@ -444,6 +520,7 @@ class Catalog:
             self._link(i, item)
         for item in changed:
             i = self._index[item.item_id]
+            self._item_cache.pop(i, None)
             self._unlink(i)
             self._records[i] = self._record(item)
             self._set_arrays(i, item)

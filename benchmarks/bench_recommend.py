@@ -1,0 +1,453 @@
+"""Latency of POST /v1/recommend at a fixed open-loop rate, on a large catalog, over HTTP.
+
+1. Writes a catalog of --items tracks with 64-dimensional content vectors (clustered around
+   artist centroids, as real embeddings are) into a fresh SQLite database, with arrays and
+   ``Catalog.upsert`` in chunks.
+2. Starts ``segue serve`` (embedded learner) on it; the time to ready includes loading the
+   catalog and building the HNSW content index.
+3. Warms the models over HTTP: --warm-lists lists are asked for, and their impressions, plays
+   and skips (with the lists' request ids) plus organic plays are posted to /v1/feedback; it
+   waits until the learner has caught up, so the relevance model, the bandit and the CF index
+   hold learned state.
+4. Each run, a separate client process sends POST /v1/recommend (k=--k) at --rate requests/s
+   for --seconds, open loop: a request's latency is measured from its scheduled send time, so
+   a slow server cannot hide its queue (no coordinated omission). The baseline in the same run
+   is GET /v1/model at the same rate (the HTTP floor: uvicorn, FastAPI, the client).
+5. Per-stage times (candidates, relevance, rerank) are the service's own Prometheus histogram
+   ``segue_stage_seconds`` over the timed window: exact means, and the bucket bound under
+   which 99% fell.
+6. After the service stops: recall@500 of the content index against brute force (the same
+   ContentIndex code, rebuilt in this process on the same catalog, which also times the
+   build), and the resident memory the service had (VmRSS).
+
+    python benchmarks/bench_recommend.py --items 1000000 --rate 200 --seconds 20 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import multiprocessing as mp
+import os
+import re
+import socket
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import orjson
+
+from benchmarks._common import machine, median, percentiles, rss_mb, serve
+
+DIM = 64
+_DAY = 86_400.0
+
+
+# -- the catalog ---------------------------------------------------------------------------
+
+
+def build_catalog(url: str, n: int, seed: int = 0, chunk: int = 50_000) -> float:
+    """Write ``n`` demo tracks into the catalog at ``url``; returns seconds taken."""
+    from online.catalog import Catalog
+    from online.items import Item
+
+    started = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    n_artists = max(1, n // 12)
+    n_genres = 32
+    artist_genre = rng.integers(0, n_genres, size=n_artists)
+    genre_c = rng.standard_normal((n_genres, DIM)).astype(np.float32)
+    genre_c /= np.linalg.norm(genre_c, axis=1, keepdims=True)
+    centroids = genre_c[artist_genre] + 0.6 * rng.standard_normal((n_artists, DIM)).astype(
+        np.float32
+    ) / np.sqrt(DIM)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    weights = 1.0 / np.arange(1, n_artists + 1) ** 0.8
+    rng.shuffle(weights)
+    now = time.time()
+    catalog = Catalog(url, embedding_dim=DIM, load=False)
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        artist = rng.choice(n_artists, size=m, p=weights / weights.sum())
+        vec = centroids[artist] + 0.35 * rng.standard_normal((m, DIM)).astype(np.float32) / np.sqrt(
+            DIM
+        )
+        vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+        age = 30 * 365 * rng.beta(1.0, 3.0, size=m)
+        fresh = rng.random(m) < 0.02
+        age[fresh] = 7 * rng.random(int(fresh.sum()))
+        release = np.round(now - age * _DAY).tolist()
+        available = (rng.random(m) >= 0.01).tolist()
+        rows = vec.tolist()
+        items = [
+            Item(
+                item_id=f"t{start + j:08d}",
+                title=f"Track {start + j}",
+                artist=f"artist-{a}",
+                genres=(f"genre-{artist_genre[a]}",),
+                release_time=release[j],
+                duration_ms=210_000,
+                available=available[j],
+                embedding=tuple(rows[j]),
+            )
+            for j, a in enumerate(artist.tolist())
+        ]
+        catalog.upsert(items)
+    catalog.close()
+    return time.perf_counter() - started
+
+
+# -- HTTP helpers ----------------------------------------------------------------------------
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection to the service (http.client: a light client)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        headers = {"content-type": "application/json"} if body is not None else {}
+        for attempt in (0, 1):
+            try:
+                self.c.request(method, path, body=body, headers=headers)
+                r = self.c.getresponse()
+                return r.status, r.read()
+            except (http.client.HTTPException, OSError):
+                self.c.close()
+                self.c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def metrics(conn: Conn) -> str:
+    return conn.call("GET", "/metrics")[1].decode()
+
+
+def metric_value(text: str, name: str, labels: str = "") -> float:
+    m = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def stage_stats(before: str, after: str) -> dict[str, dict[str, float]]:
+    """Mean and the 99% bucket bound of each stage over the window between two scrapes."""
+    out = {}
+    for stage in ("candidates", "relevance", "rerank", "total"):
+        lab = f'{{stage="{stage}"}}'
+        n = metric_value(after, "segue_stage_seconds_count", lab) - metric_value(
+            before, "segue_stage_seconds_count", lab
+        )
+        s = metric_value(after, "segue_stage_seconds_sum", lab) - metric_value(
+            before, "segue_stage_seconds_sum", lab
+        )
+        buckets = []
+        for m in re.finditer(
+            rf'^segue_stage_seconds_bucket{{le="([^"]+)",stage="{stage}"}} (\S+)$', after, re.M
+        ):
+            le = m.group(1)
+            prev = metric_value(
+                before, "segue_stage_seconds_bucket", f'{{le="{le}",stage="{stage}"}}'
+            )
+            buckets.append((float(le), float(m.group(2)) - prev))
+        p99 = float("nan")
+        for le, count in sorted(buckets):
+            if n and count >= 0.99 * n:
+                p99 = le
+                break
+        out[stage] = {
+            "n": n,
+            "mean_ms": 1000 * s / n if n else float("nan"),
+            "p99_le_ms": p99 * 1000,
+        }
+    return out
+
+
+def warm(port: int, n_lists: int, n_users: int, n_items: int, seed: int) -> dict[str, int]:
+    """Ask for lists and post their feedback (see the module doc); returns event counts."""
+    rng = np.random.default_rng(seed)
+    conn = Conn(port)
+    tag = uuid.uuid4().hex[:8]
+    counts = {"impression": 0, "play": 0, "skip": 0, "organic": 0}
+    batch: list[dict] = []
+    for n in range(n_lists):
+        user = f"u{int(rng.integers(n_users))}"
+        ctx = {"device": ("ios", "android", "web")[n % 3]}
+        status, body = conn.call(
+            "POST", "/v1/recommend", orjson.dumps({"user_id": user, "k": 30, "context": ctx})
+        )
+        if status != 200:
+            continue
+        rec = orjson.loads(body)
+        now_ms = int(time.time() * 1000)
+        for pos, item in enumerate(rec["items"]):
+            batch.append(
+                {"event_id": f"{tag}i{n}-{pos}", "type": "impression", "user_id": user,
+                 "item_id": item["item_id"], "timestamp": now_ms, "context": ctx,
+                 "request_id": rec["request_id"], "position": pos}
+            )  # fmt: skip
+            counts["impression"] += 1
+            u = rng.random()
+            if pos < 10 and u < 0.6:
+                played = 150_000 if u < 0.3 else 4_000
+                batch.append(
+                    {"event_id": f"{tag}o{n}-{pos}", "type": "play" if u < 0.3 else "skip",
+                     "user_id": user, "item_id": item["item_id"], "timestamp": now_ms + 1,
+                     "context": ctx, "request_id": rec["request_id"], "played_ms": played,
+                     "duration_ms": 210_000}
+                )  # fmt: skip
+                counts["play" if u < 0.3 else "skip"] += 1
+        batch.append(
+            {"event_id": f"{tag}g{n}", "type": "play", "user_id": user,
+             "item_id": f"t{int(rng.integers(n_items)):08d}", "timestamp": now_ms + 2,
+             "context": ctx, "played_ms": 150_000, "duration_ms": 210_000}
+        )  # fmt: skip
+        counts["organic"] += 1
+        if len(batch) >= 500 or n == n_lists - 1:
+            conn.call("POST", "/v1/feedback", orjson.dumps({"events": batch}))
+            batch = []
+    return counts
+
+
+def wait_caught_up(port: int, timeout_s: float = 900) -> float:
+    conn = Conn(port)
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        text = metrics(conn)
+        accepted = metric_value(text, "segue_feedback_events_accepted_total")
+        learned = metric_value(text, "segue_learner_events_total")
+        if metric_value(text, "segue_learner_lag_events") == 0 and learned >= accepted:
+            return time.monotonic() - started
+        time.sleep(0.5)
+    return float("nan")
+
+
+# -- the open-loop client ----------------------------------------------------------------------
+
+
+def client(
+    port: int, path: str, bodies: list[bytes] | None, rate: float, seconds: float, out: mp.Queue
+) -> None:
+    """Send at ``rate``/s for ``seconds`` from a pool of keep-alive connections (open loop)."""
+    n = int(rate * seconds)
+    latencies = [float("nan")] * n
+    fallbacks = [None] * n
+    status = [0] * n
+    lock = threading.Lock()
+    nxt = iter(range(n))
+    start = time.perf_counter() + 0.2
+
+    def worker() -> None:
+        conn = Conn(port)
+        while True:
+            with lock:
+                i = next(nxt, None)
+            if i is None:
+                return
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            body = None if bodies is None else bodies[i % len(bodies)]
+            code, data = conn.call("GET" if body is None else "POST", path, body)
+            latencies[i] = time.perf_counter() - due
+            status[i] = code
+            if body is not None and code == 200:
+                fallbacks[i] = orjson.loads(data)["fallback"]
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(48)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put((latencies, fallbacks, status, time.perf_counter() - start))
+
+
+def timed(
+    port: int, path: str, bodies: list[bytes] | None, rate: float, args: argparse.Namespace
+) -> dict:
+    q: mp.Queue = mp.Queue()
+    p = mp.Process(target=client, args=(port, path, bodies, rate, args.seconds, q))
+    p.start()
+    latencies, fallbacks, status, elapsed = q.get()
+    p.join()
+    ok = [lat for lat, s in zip(latencies, status, strict=True) if s == 200]
+    pc = percentiles(ok, (50, 99, 99.9))
+    served = [f for f, s in zip(fallbacks, status, strict=True) if s == 200]
+    return {
+        "p50": pc["p50"] * 1000,
+        "p99": pc["p99"] * 1000,
+        "p99.9": pc["p99.9"] * 1000,
+        "errors": sum(s != 200 for s in status),
+        "fallback_ratio": sum(f is not None for f in served) / max(1, len(served)),
+        "fallbacks": sorted({f for f in served if f is not None}),
+        "achieved_rate": len(status) / elapsed,
+    }
+
+
+def recall_at(url: str, queries: int, ks: tuple[int, ...], ef: int) -> tuple[float, dict]:
+    """Build seconds of the engine's ContentIndex, and per ``k`` its recall@k against brute
+    force and its query p99 in ms."""
+    from online.catalog import Catalog
+    from online.engine import ContentIndex
+    from online.retrieval import BruteForceRetriever
+
+    catalog = Catalog(url, embedding_dim=DIM)
+    index = ContentIndex(DIM, ef=ef)
+    started = time.perf_counter()
+    index.sync(catalog)
+    build_s = time.perf_counter() - started
+    view = catalog.view()
+    live = np.flatnonzero(view.has_embedding & view.available_mask)
+    exact = BruteForceRetriever(DIM)
+    exact.upsert(live, view.embeddings[live])
+    out = {}
+    for k in ks:
+        rng = np.random.default_rng(7)
+        hits, times = 0, []
+        for _ in range(queries):
+            # a session-like query: the mean of three tracks by one artist (a listener's
+            # recent plays), so the query sits where real session vectors do
+            first = int(rng.choice(live))
+            artist = catalog.artist_of(str(view.ids[first])) or ""
+            rows = np.asarray(catalog.indexes_by_artist(artist) or [first])
+            q = view.embeddings[rng.choice(rows, size=3)].mean(axis=0)
+            t = time.perf_counter()
+            got, _ = index.index.query(q, k)
+            times.append(time.perf_counter() - t)
+            want, _ = exact.query(q, k)
+            hits += len(np.intersect1d(got, want))
+        out[k] = (hits / (queries * k), percentiles(times, (99,))["p99"] * 1000)
+    catalog.close()
+    return build_s, out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--items", type=int, default=1_000_000)
+    ap.add_argument(
+        "--rate", default="200", help="requests per second; a comma list runs each in turn"
+    )
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--k", type=int, default=30)
+    ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--warm-lists", type=int, default=3000)
+    ap.add_argument("--recall-queries", type=int, default=50)
+    ap.add_argument("--recall-ef", type=int, default=None, help="default: the engine's hnsw_ef")
+    args = ap.parse_args()
+    print(f"machine: {machine()}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        data.mkdir()
+        url = f"sqlite:///{data / 'segue.db'}"
+        print(f"catalog: {args.items:,} items written in {build_catalog(url, args.items):.0f} s")
+        port = free_port()
+        env = {"SEGUE_EMBEDDING_DIM": str(DIM)}
+        started = time.monotonic()
+        rows: list[dict] = []
+        with serve(data, port, env=env, timeout_s=3600) as proc:
+            ready_s = time.monotonic() - started
+            print(f"service ready in {ready_s:.0f} s (catalog load + content index build)")
+            counts = warm(port, args.warm_lists, args.users, args.items, seed=1)
+            lag_s = wait_caught_up(port)
+            conn = Conn(port)
+            learned = metric_value(metrics(conn), "segue_learner_events_total")
+            print(f"warm-up: posted {counts}; learner caught up {lag_s:.0f} s later "
+                  f"({learned:,.0f} events learned)")  # fmt: skip
+            rss = rss_mb(proc.pid)
+            rng = np.random.default_rng(3)
+            for rate in [float(r) for r in str(args.rate).split(",")]:
+                for run in range(args.runs):
+                    bodies = [
+                        orjson.dumps(
+                            {
+                                "user_id": f"u{int(rng.integers(args.users))}",
+                                "k": args.k,
+                                "context": {"device": ("ios", "android", "web")[i % 3]},
+                            }
+                        )
+                        for i in range(int(rate * args.seconds))
+                    ]
+                    load = os.getloadavg()[0]
+                    before = metrics(conn)
+                    rec = timed(port, "/v1/recommend", bodies, rate, args)
+                    stages = stage_stats(before, metrics(conn))
+                    base = timed(port, "/v1/model", None, rate, args)
+                    rss = max(rss, rss_mb(proc.pid))
+                    rows.append(
+                        {"rate": rate, "rec": rec, "base": base, "stages": stages, "load": load}
+                    )
+                    print(
+                        f"  {rate:.0f}/s run {run + 1} (load {load:.2f}): recommend p50 "
+                        f"{rec['p50']:.1f} ms, "
+                        f"p99 {rec['p99']:.1f}, p99.9 {rec['p99.9']:.1f}, fallback "
+                        f"{rec['fallback_ratio']:.1%} {rec['fallbacks']}, errors {rec['errors']}, "
+                        f"{rec['achieved_rate']:.0f}/s | GET /v1/model p50 {base['p50']:.1f} ms, "
+                        f"p99 {base['p99']:.1f} | stage means "
+                        + ", ".join(f"{s} {v['mean_ms']:.2f} ms" for s, v in stages.items()),
+                        flush=True,
+                    )
+                time.sleep(15)  # let open breakers close and queues drain before the next rate
+        ef = args.recall_ef or _engine_ef()
+        build_s, recalls = recall_at(url, args.recall_queries, (500, 100), ef)
+        (recall, q99), (recall_100, q99_100) = recalls[500], recalls[100]
+
+    print()
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} (1 min)")
+    print(
+        "| items | k | rate | p50 | p99 | p99.9 | fallback | GET /v1/model p50 / p99 | "
+        "candidates | relevance | rerank | server RSS |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for rate in dict.fromkeys(r["rate"] for r in rows):
+        at = [r for r in rows if r["rate"] == rate]
+
+        def med(key: str, sub: str, at: list[dict] = at) -> float:
+            return median([r[key][sub] for r in at])
+
+        stages = ("candidates", "relevance", "rerank")
+        st = {s: median([r["stages"][s]["mean_ms"] for r in at]) for s in stages}
+        st99 = {s: median([r["stages"][s]["p99_le_ms"] for r in at]) for s in stages}
+        print(
+            f"| {args.items:,} | {args.k} | {rate:.0f}/s | {med('rec', 'p50'):.1f} ms | "
+            f"{med('rec', 'p99'):.1f} ms | {med('rec', 'p99.9'):.1f} ms | "
+            f"{median([r['rec']['fallback_ratio'] for r in at]):.1%} | "
+            f"{med('base', 'p50'):.1f} / {med('base', 'p99'):.1f} ms | "
+            + " | ".join(f"{st[s]:.2f} ms (p99 <= {st99[s]:.0f})" for s in stages)
+            + f" | {rss / 1024:.1f} GiB |"
+        )
+    print()
+    print("| content index | build | recall@500 (ef=max(ef,500)) | recall@100 (ef) | query p99 |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| HNSW M=16, ef={ef}, {args.items:,} x {DIM} | {build_s:.0f} s | {recall:.3f} | "
+        f"{recall_100:.3f} | {q99:.1f} ms (k=500), {q99_100:.1f} ms (k=100) |"
+    )
+    print(f"service start to ready: {ready_s:.0f} s; medians of {args.runs} runs")
+
+
+def _engine_ef() -> int:
+    from online.settings import EngineSettings
+
+    return EngineSettings().hnsw_ef
+
+
+if __name__ == "__main__":
+    main()
