@@ -12,11 +12,24 @@ nearly the whole catalog.
    rename, pointer move); median and max time, and the size.
 2. **rollback to served**: a client asks ``/v1/recommend`` without pause while
    ``segue snapshots rollback V`` runs as a subprocess; the figure is the time from starting
-   that subprocess to the first answer whose ``model_version`` starts with ``V``. Measured for
-   ``segue serve --no-learner`` (reloads ``CURRENT``, ``SEGUE_SERVING_RELOAD_POLL_S`` default
-   0.5) and for ``segue serve`` with its embedded learner. Goal: at most 2 s. Loopback only.
+   that subprocess to the first answer whose ``model_version`` starts with ``V`` (V is always
+   the version CURRENT does not name, so every run is a real move). Measured for
+   ``segue serve --no-learner`` (reloads ``CURRENT``, woken by inotify, at the latest every
+   ``SEGUE_SERVING_RELOAD_POLL_S``, default 0.5) and for ``segue serve`` with its embedded
+   learner. Goal: at most 2 s. Loopback only.
+3. **phases** of each rollback, medians over the runs: ``cli`` (process start, verification
+   and the pointer move: from starting the command to ``CURRENT``'s ``changed_at``) and, of
+   it, ``cli.verify`` (``SnapshotStore.verify`` timed in this process); then, from the line the
+   service logs with each swap, ``detect`` (pointer moved -> noticed), ``verify`` (the loader's
+   checksums), one figure per state file (``cf_index``, ``relevance``, ``bandit``, counters,
+   ``joiner``, ``meta``), ``load`` (all of :meth:`Engine.load`), ``popular`` (the swap and the
+   popular-now refresh) and ``first_answer`` (swap -> the client's first answer from V).
 
     .venv/bin/python benchmarks/bench_rollback.py --items 1000000 --runs 5
+
+``--dir D --reuse`` keeps the data in D and, when D already holds two snapshots, skips the
+build and the cuts (for iterating on the rollback path; the snapshots must be in the current
+format).
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -31,6 +45,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import httpx2 as httpx
@@ -38,7 +55,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import ROOT, machine, median, serve
+from benchmarks._common import ROOT, machine, median
 from feedback.db import create_db_engine
 from feedback.events import Event
 from feedback.log import SQLEventLog
@@ -136,12 +153,75 @@ class _NoLog:
         return 0
 
 
-def _rollback_to_served(base: str, data: Path, target: str) -> float:
-    """Seconds from starting ``segue snapshots rollback target`` to an answer from it."""
+@contextmanager
+def _serve(
+    data: Path, port: int, env: dict[str, str], args: tuple[str, ...], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``segue serve`` as in ``_common.serve``, its stderr (the swap lines) into ``log``."""
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from serving.cli import main; main()",
+                "serve",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                *args,
+            ],
+            env={**os.environ, "SEGUE_DATA_DIR": str(data), **env},
+            cwd=ROOT,
+            stderr=err,
+        )
+        try:
+            deadline = time.monotonic() + 600
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"segue serve exited with {proc.returncode}")
+                try:
+                    url = f"http://127.0.0.1:{port}/health/ready"
+                    if httpx.get(url, timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("segue serve did not become ready")
+                time.sleep(0.2)
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+_SWAP = re.compile(r"now serving (\S+) \(was \S+\); seconds: (.*); swapped at ([0-9.]+)")
+
+
+def _swap_line(log: Path, target: str, after: int) -> tuple[dict[str, float], float] | None:
+    """The phases and wall time of the first swap to ``target`` logged past byte ``after``."""
+    text = log.read_bytes()[after:].decode(errors="replace")
+    for match in _SWAP.finditer(text):
+        if match.group(1).startswith(target):
+            phases = {
+                name: float(value)
+                for name, value in re.findall(r"([a-z_]+)=([0-9.]+)", match.group(2))
+            }
+            return phases, float(match.group(3))
+    return None
+
+
+def _rollback_to_served(base: str, data: Path, target: str, log: Path) -> dict[str, float]:
+    """Seconds from starting ``segue snapshots rollback target`` to an answer from it, and
+    the phases in between."""
     seen = threading.Event()
     stop = threading.Event()
     failures: list[str] = []
-    served_at: list[float] = []
+    served_at: list[tuple[float, float]] = []
 
     def ask() -> None:
         n = 0
@@ -153,13 +233,14 @@ def _rollback_to_served(base: str, data: Path, target: str) -> float:
                 if r.status_code != 200 or body.get("fallback"):
                     failures.append(f"{r.status_code} {body.get('fallback')}")
                 if body.get("model_version", "").startswith(target) and not seen.is_set():
-                    served_at.append(time.perf_counter())
+                    served_at.append((time.perf_counter(), time.time()))
                     seen.set()
 
+    log_mark = log.stat().st_size
     thread = threading.Thread(target=ask)
     thread.start()
     time.sleep(0.5)
-    started = time.perf_counter()
+    started, started_wall = time.perf_counter(), time.time()
     cli = [sys.executable, "-c", "from serving.cli import main; main()", "snapshots"]
     proc = subprocess.run(
         [*cli, "--dir", str(data / "snapshots"), "rollback", target],
@@ -172,63 +253,107 @@ def _rollback_to_served(base: str, data: Path, target: str) -> float:
     thread.join(60)
     if failures:
         print(f"  {len(failures)} failed or fallback answers, e.g. {failures[:3]}")
-    return served_at[0] - started if served_at else float("nan")
-
-
-def bench_rollbacks(data: Path, versions: list[str], runs: int) -> dict[str, float]:
-    out: dict[str, float] = {}
-    env = {"SEGUE_EMBEDDING_DIM": "64", "SEGUE_SERVING_BUDGET_MS": "2000"}
-    for mode, args in (("reloader", ("--no-learner",)), ("embedded", ())):
-        port = _free_port()
-        started = time.perf_counter()
-        with serve(data, port, env=env, args=args):
-            print(f"{mode}: service ready in {time.perf_counter() - started:.1f} s", flush=True)
-            times = []
-            for i in range(runs):
-                target = versions[i % 2]  # back and forth between the last two snapshots
-                times.append(_rollback_to_served(f"http://127.0.0.1:{port}", data, target))
-                print(f"  rollback to {target}: served after {times[-1]:.2f} s", flush=True)
-        out[f"{mode}_median_s"] = median(times)
-        out[f"{mode}_max_s"] = max(times)
+    out: dict[str, float] = {"total": served_at[0][0] - started if served_at else float("nan")}
+    pointer = SnapshotStore(data / "snapshots").pointer()
+    if pointer is not None and pointer.version == target:
+        moved = datetime.fromisoformat(pointer.changed_at.replace("Z", "+00:00")).timestamp()
+        out["cli"] = moved - started_wall
+    time.sleep(0.2)  # the swap line is written right after the swap
+    swap = _swap_line(log, target, log_mark)
+    if swap is not None:
+        phases, swapped_at = swap
+        out |= phases
+        if served_at:
+            out["first_answer"] = served_at[0][1] - swapped_at
     return out
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
+def bench_rollbacks(data: Path, versions: list[str], runs: int) -> dict[str, object]:
+    out: dict[str, object] = {}
+    env = {"SEGUE_EMBEDDING_DIM": "64", "SEGUE_SERVING_BUDGET_MS": "2000"}
+    store = SnapshotStore(data / "snapshots")
+    verify = []
+    for i in range(3):  # what the CLI spends verifying, timed here
+        begun = time.perf_counter()
+        store.verify(versions[i % 2])
+        verify.append(time.perf_counter() - begun)
+    out["cli_verify_s"] = median(verify)
+    for mode, args in (("reloader", ("--no-learner",)), ("embedded", ())):
+        port = _free_port()
+        started = time.perf_counter()
+        log = data / f"serve-{mode}.log"
+        with _serve(data, port, env, args, log):
+            print(f"{mode}: service ready in {time.perf_counter() - started:.1f} s", flush=True)
+            runs_out = []
+            for _ in range(runs):
+                current = store.pointer()
+                target = versions[0] if current and current.version == versions[1] else versions[1]
+                figures = _rollback_to_served(f"http://127.0.0.1:{port}", data, target, log)
+                runs_out.append(figures)
+                detail = " ".join(
+                    f"{k}={v:.2f}" for k, v in figures.items() if k not in ("total", "load")
+                )
+                print(
+                    f"  rollback to {target}: served after {figures['total']:.2f} s ({detail})",
+                    flush=True,
+                )
+        totals = [r["total"] for r in runs_out]
+        out[f"{mode}_median_s"] = median(totals)
+        out[f"{mode}_max_s"] = max(totals)
+        names = list(dict.fromkeys(k for r in runs_out for k in r))
+        out[f"{mode}_phases"] = {
+            k: median([r[k] for r in runs_out if k in r]) for k in names if k != "total"
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=1_000_000, help="catalog size (1M)")
     parser.add_argument("--events", type=int, default=100_000, help="warm-up events (100k)")
     parser.add_argument("--users", type=int, default=20_000, help="listeners (20k)")
     parser.add_argument("--runs", type=int, default=5, help="cuts and rollbacks per mode (5)")
     parser.add_argument("--dir", type=Path, help="data directory (default: a temp dir)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="with --dir: reuse its snapshots, skip build and cuts"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     data = args.dir or Path(tempfile.mkdtemp(prefix="segue-bench-rollback-"))
+    figures: dict[str, object] = {}
     try:
-        engine, catalog = build(data, args.items, args.events, args.users)
         store = SnapshotStore(data / "snapshots", keep=args.runs + 2)
-        figures = bench_cuts(engine, store, args.runs)
+        if not (args.reuse and len(store.versions()) >= 2):
+            engine, catalog = build(data, args.items, args.events, args.users)
+            figures |= bench_cuts(engine, store, args.runs)
+            del engine
+            catalog.close()
         versions = store.versions()[-2:]  # CURRENT's predecessor first
-        del engine
-        catalog.close()
         figures |= bench_rollbacks(data, versions, args.runs)
     finally:
         if args.dir is None:
             shutil.rmtree(data, ignore_errors=True)
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
         print(json.dumps(figures, indent=2))
-    else:
-        print(f"catalog {args.items:,} items; warm-up {args.events:,} events; runs {args.runs}")
+        return figures
+    print(f"catalog {args.items:,} items; warm-up {args.events:,} events; runs {args.runs}")
+    if "cut_median_s" in figures:
         print(
             f"cut: median {figures['cut_median_s']:.2f} s, max {figures['cut_max_s']:.2f} s; "
             f"snapshot {figures['snapshot_mb']:.1f} MB"
         )
-        for mode in ("reloader", "embedded"):
-            print(
-                f"rollback -> first answer from V ({mode}): median "
-                f"{figures[f'{mode}_median_s']:.2f} s, max {figures[f'{mode}_max_s']:.2f} s "
-                "(goal <= 2 s)"
-            )
+    for mode in ("reloader", "embedded"):
+        print(
+            f"rollback -> first answer from V ({mode}): median "
+            f"{figures[f'{mode}_median_s']:.2f} s, max {figures[f'{mode}_max_s']:.2f} s "
+            "(goal <= 2 s)"
+        )
+        phases = figures[f"{mode}_phases"]
+        assert isinstance(phases, dict)
+        if "cli" in phases:
+            phases = {"cli": phases["cli"], "cli.verify": figures["cli_verify_s"], **phases}
+        print("  phases (medians, s): " + ", ".join(f"{k} {v:.3f}" for k, v in phases.items()))
     return figures
 
 

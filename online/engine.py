@@ -27,7 +27,6 @@ request waits at most one chunk.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import threading
@@ -68,6 +67,10 @@ __all__ = [
 _FORMAT = "segue.engine/1"
 _DAY = 86_400.0
 CHANNELS = ("cf", "content", "covisit", "trending", "fresh")
+# A learned item vector that moved less than this (relative L2) since it was linked into the
+# HNSW graph gets its exact vector updated (scores stay exact) but keeps its graph links:
+# re-linking is hnswlib's most expensive write (see HNSWRetriever.refresh).
+_RELINK_TOLERANCE = 0.2
 
 
 @dataclass(slots=True)
@@ -196,9 +199,20 @@ class Engine:
         )
         self._rng = np.random.default_rng(s.seed)
         self._relevance = RelevanceModel(
-            n_factors=s.n_factors, learning_rate=s.learning_rate, seed=s.seed
+            n_factors=s.n_factors,
+            learning_rate=s.learning_rate,
+            weight_learning_rate=s.weight_learning_rate,
+            init_std=s.init_std,
+            seed=s.seed,
         )
-        self._bandit = BanditReranker(exploration=s.exploration, epsilon=s.epsilon, seed=s.seed)
+        self._bandit = BanditReranker(
+            exploration=s.exploration,
+            epsilon=s.epsilon,
+            gamma_scale=s.gamma_scale,
+            gamma_exponent=s.gamma_exponent,
+            learning_rate=s.bandit_learning_rate,
+            seed=s.seed,
+        )
         self._popularity = Popularity(half_life_s=s.popularity_half_life_s)
         self._exposure = Exposure(half_life_s=s.exposure_half_life_s)
         self._sessions = Sessions(max_len=s.session_length)
@@ -329,12 +343,16 @@ class Engine:
                 for item_id in ids:
                     if item_id in banned:
                         continue
-                    channels.setdefault(item_id, set()).add(channel)
+                    names = channels.get(item_id)
+                    if names is None:
+                        channels[item_id] = {channel}
+                    else:
+                        names.add(channel)
 
             def offer_idx(idx: np.ndarray, channel: str) -> None:
                 idx = idx[(idx >= 0) & (idx < len(available))]
                 idx = idx[available[idx]]
-                offer((str(x) for x in view.ids[idx]), channel)
+                offer(view.ids[idx].tolist(), channel)
 
             if s.cf_candidates and len(self._cf_index):
                 uv = self._relevance.user_vector(user_id, context)
@@ -354,16 +372,19 @@ class Engine:
                 offer(self._available(nexts), "covisit")
             if s.trending_candidates:
                 top = self._popularity.top(s.trending_candidates + len(banned), t)
-                offer(self._available(i for i, _ in top), "trending")
+                offer(self._available([i for i, _ in top]), "trending")
             if s.fresh_candidates:
                 offer_idx(self._fresh_sample(view, t, s.fresh_candidates), "fresh")
-            # an item not released yet is never served (catalogs announce releases ahead)
-            items = [
-                item
-                for item_id in channels
-                if (item := self.catalog.get(item_id)) is not None
-                and (item.release_time is None or item.release_time <= t)
-            ]
+            # an item not released yet is never served (catalogs announce releases ahead);
+            # the filter runs on the arrays, so only the items kept are built
+            names = list(channels)
+            rows = self.catalog.indexes_of(names)
+            current = self.catalog.view()
+            rows = np.where(rows < len(current.release_times), rows, -1)
+            release = current.release_times[np.maximum(rows, 0)]
+            keep = ((rows >= 0) & ~(release > t)).tolist()  # NaN (unknown release) is kept
+            wanted = [name for name, good in zip(names, keep, strict=True) if good]
+            items = [item for item in self.catalog.get_many(wanted) if item is not None]
         return CandidatePool(
             user_id=user_id,
             context=context,
@@ -374,12 +395,14 @@ class Engine:
         )
 
     def _available(self, ids: Iterable[str]) -> list[str]:
-        out = []
-        for item_id in ids:
-            item = self.catalog.get(item_id)
-            if item is not None and item.available:
-                out.append(item_id)
-        return out
+        ids = list(ids)
+        if not ids:
+            return []
+        rows = self.catalog.indexes_of(ids)
+        mask = self.catalog.view().available_mask
+        ok = (rows >= 0) & (rows < len(mask))
+        ok[ok] = mask[rows[ok]]
+        return [item_id for item_id, good in zip(ids, ok.tolist(), strict=True) if good]
 
     def _session_vector(self, recent: Sequence[tuple[str, float]], now: float, view: Any) -> Any:
         """Decayed mean of the content embeddings of the listener's recent plays."""
@@ -440,7 +463,7 @@ class Engine:
     def shared_features(self, user_id: str, context: Context) -> dict[str, Any]:
         """The listener/context features the bandit sees for a whole list."""
         history = len(self._sessions.recent(user_id))
-        return {**{str(k): v for k, v in context.items()}, "user": user_id, "history": history}
+        return {**{str(k): v for k, v in context.items()}, "history": history}
 
     def make_slate(
         self,
@@ -603,8 +626,7 @@ class Engine:
                 if sessions:
                     self._sessions.learn_one(ev)
                 if ev.type == "impression":
-                    item = self.catalog.get(ev.item_id)
-                    self._exposure.learn_one(ev, item.artist if item else None)
+                    self._exposure.learn_one(ev, self.catalog.artist_of(ev.item_id) or None)
             self._learn_samples(out, report)
             self._time(events[-1].timestamp)
             self.events_learned += len(events)
@@ -625,8 +647,8 @@ class Engine:
         wm = self._joiner.watermark
         half_life = self.learner_settings.half_life_s
         touched_items = False
-        for sample in out.relevance:
-            item = self.catalog.get(sample.item_id)
+        items = self.catalog.get_many([sample.item_id for sample in out.relevance])
+        for sample, item in zip(out.relevance, items, strict=True):
             if item is None:
                 continue  # an item the catalog never had: nothing to attach features to
             w = decay_weight(sample.event_time, wm if wm is not None else 0.0, half_life)
@@ -652,17 +674,17 @@ class Engine:
     # -- keeping the ANN index on the moving item vectors -----------------------------------
 
     def _mark_dirty(self, keys: Iterable[str]) -> None:
+        dirty = self._dirty
         for key in keys:
             kind, _, value = key.partition(":")
             if kind == "i":
-                ids = [value]
+                rows = [int(i) for i in self.catalog.indexes_of([value]) if i >= 0]
             elif kind == "a":
-                ids = self.catalog.items_by_artist(value)
+                rows = self.catalog.indexes_by_artist(value)
             else:
                 continue  # genre latents move thousands of items a little: the sweep bounds it
-            for item_id in ids:
-                with contextlib.suppress(KeyError):
-                    self._dirty[self.catalog.index_of(item_id)] = None
+            # a row already waiting keeps its place in the queue
+            dirty.update(dict.fromkeys(rows))
 
     def refresh_index(self) -> int:
         """Re-index the items whose vectors moved, then the next slice of the sweep.
@@ -694,15 +716,28 @@ class Engine:
             idx = np.unique(np.asarray(chosen, dtype=np.int64))
             view = self.catalog.view()
             idx = idx[idx < len(view.ids)]
-            items = [it for i in idx if (it := self.catalog.get(str(view.ids[i]))) is not None]
-            if not items:
+            if not len(idx):
                 return 0
-            vectors = self._relevance.item_vectors(items)
-            keep = np.abs(vectors[:, :-1]).sum(axis=1) > 0  # no learned signal yet: not indexed
-            ids = np.asarray([self.catalog.index_of(it.item_id) for it in items], dtype=np.int64)
-            if keep.any():
-                self._cf_index.upsert(ids[keep], vectors[keep])
-            return int(keep.sum())
+            # the model reads only ids, artists and genres: no full items needed
+            vectors = self._relevance.item_vectors(self.catalog.feature_items(idx.tolist()))
+            index = self._cf_index
+        keep = np.abs(vectors[:, :-1]).sum(axis=1) > 0  # no learned signal yet: not indexed
+        ids = idx[keep]
+        vectors = vectors[keep]
+        if not len(ids):
+            return 0
+        # only vectors that moved are written (the sweep revisits mostly unchanged ones), and
+        # outside the engine lock: the index has its own readers-writer lock, so requests go
+        # on while hnswlib links the new vectors
+        old, live = index.stored(ids)
+        moved = ~live | np.any(old != vectors, axis=1)
+        if not moved.any():
+            return 0
+        if isinstance(index, HNSWRetriever):
+            index.refresh(ids[moved], vectors[moved], tolerance=_RELINK_TOLERANCE)
+        else:
+            index.upsert(ids[moved], vectors[moved])
+        return int(moved.sum())
 
     # -- snapshots --------------------------------------------------------------------------
 
@@ -742,38 +777,88 @@ class Engine:
         decisions: DecisionLog | None = None,
         version: str = "v0",
         content_index: ContentIndex | None = None,
+        timings: dict[str, float] | None = None,
     ) -> Engine:
         """An engine with the state of a snapshot directory, at ``version``.
 
-        ``content_index`` (derived from the catalog) is shared with the engine it replaces."""
+        ``content_index`` (derived from the catalog) is shared with the engine it replaces.
+        ``timings``, if given, receives the seconds spent on each part of the state.
+
+        The cyclic garbage collector is paused meanwhile: loading builds a few hundred
+        thousand containers, and a service holding a large catalog would otherwise spend
+        about as long again in collections that find nothing to free.
+        """
+        import gc
+        from concurrent.futures import ThreadPoolExecutor
+
         directory = Path(directory)
-        meta = json.loads((directory / "engine.json").read_text())
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"{directory / 'engine.json'}: not a {_FORMAT} snapshot")
-        engine = cls(
-            catalog,
-            settings or EngineSettings(**meta["settings"]),
-            learner,
-            decisions=decisions,
-            base_version=version,
-            content_index=content_index,
-        )
-        engine._relevance = RelevanceModel.load(directory / "relevance.bin")
-        engine._bandit = BanditReranker.load(directory / "bandit.bin")
-        engine._cf_index = HNSWRetriever.load(directory / "cf_index")
-        engine._popularity.load((directory / "popularity.json").read_bytes())
-        engine._exposure.load((directory / "exposure.json").read_bytes())
-        engine._sessions.load((directory / "sessions.json").read_bytes())
-        engine._transitions.load((directory / "transitions.json").read_bytes())
-        engine._joiner.load((directory / "joiner.bin").read_bytes())
-        engine._rng.bit_generator.state = meta["rng"]
-        engine.offset = int(meta["offset"])
-        engine.events_learned = int(meta["events_learned"])
-        engine._dirty = OrderedDict.fromkeys(int(i) for i in meta["dirty"])
-        engine._sweep_at = int(meta["sweep_at"])
-        wm = meta.get("watermark")
-        if wm is not None:
-            engine._now = float(wm)
+        clock = time.perf_counter
+        spent = timings if timings is not None else {}
+        collecting = gc.isenabled()
+        gc.disable()
+        pool = ThreadPoolExecutor(1, thread_name_prefix="segue-load")
+        try:
+            started = clock()
+
+            def cf_index() -> HNSWRetriever:
+                begun = clock()
+                index = HNSWRetriever.load(directory / "cf_index")
+                spent["cf_index"] = clock() - begun
+                return index
+
+            # the ANN index is mostly file reads and copies in C: it loads beside the Python
+            # parts below (models, counters), which need the GIL
+            cf = pool.submit(cf_index)
+            meta = json.loads((directory / "engine.json").read_text())
+            if meta.get("format") != _FORMAT:
+                raise ValueError(f"{directory / 'engine.json'}: not a {_FORMAT} snapshot")
+            engine = cls(
+                catalog,
+                settings or EngineSettings(**meta["settings"]),
+                learner,
+                decisions=decisions,
+                base_version=version,
+                content_index=content_index,
+            )
+            spent["engine"] = clock() - started
+
+            mark = clock()
+
+            def lap(name: str) -> None:
+                nonlocal mark
+                now = clock()
+                spent[name], mark = now - mark, now
+
+            engine._relevance = RelevanceModel.load(directory / "relevance.bin")
+            lap("relevance")
+            engine._bandit = BanditReranker.load(directory / "bandit.bin")
+            lap("bandit")
+            engine._popularity.load((directory / "popularity.json").read_bytes())
+            lap("popularity")
+            engine._exposure.load((directory / "exposure.json").read_bytes())
+            lap("exposure")
+            engine._sessions.load((directory / "sessions.json").read_bytes())
+            lap("sessions")
+            engine._transitions.load((directory / "transitions.json").read_bytes())
+            lap("transitions")
+            engine._joiner.load((directory / "joiner.bin").read_bytes())
+            lap("joiner")
+            engine._rng.bit_generator.state = meta["rng"]
+            engine.offset = int(meta["offset"])
+            engine.events_learned = int(meta["events_learned"])
+            engine._dirty = OrderedDict.fromkeys(map(int, meta["dirty"]))
+            engine._sweep_at = int(meta["sweep_at"])
+            wm = meta.get("watermark")
+            if wm is not None:
+                engine._now = float(wm)
+            lap("meta")
+            engine._cf_index = cf.result()
+            lap("cf_index_wait")
+            spent["load"] = clock() - started
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            if collecting:
+                gc.enable()
         return engine
 
     def stats(self) -> Mapping[str, Any]:

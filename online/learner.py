@@ -10,13 +10,14 @@ Exactly once: the offset lives in the engine state and in every snapshot. A rest
 ``CURRENT`` and reads the log from the snapshot's offset, so the events after it are learned
 again from the same state: none is lost, none counts twice.
 
-Rollback: the learner polls ``CURRENT``; when an operator moves it, the learner loads that
-snapshot and, by the pointer's mode, either continues from the pointer's ``resume_offset``
-(``continue``: the span the operator skipped is not learned, and the running learner ends up
-exactly where a restarted one would) or re-learns the log from the snapshot's offset
-(``replay``). The new engine is handed to ``on_swap`` so that the service answers with it at
-once. A rollback that cannot be loaded yet is retried, and until it is, nothing is learned or
-cut, so the learner never promotes over the operator's choice.
+Rollback: the learner polls ``CURRENT`` (one ``stat``) before every batch and between its
+chunks; when an operator moves it, the learner loads that snapshot and, by the pointer's mode,
+either continues from the pointer's ``resume_offset`` (``continue``: the span the operator
+skipped is not learned, and the running learner ends up exactly where a restarted one would)
+or re-learns the log from the snapshot's offset (``replay``). The new engine is handed to
+``on_swap`` so that the service answers with it at once. A rollback that cannot be loaded yet
+is retried, and until it is, nothing is learned or cut, so the learner never promotes over the
+operator's choice.
 """
 
 from __future__ import annotations
@@ -57,9 +58,17 @@ def open_engine(
     *,
     decisions: DecisionLog | None = None,
     content_index: ContentIndex | None = None,
+    timings: dict[str, float] | None = None,
 ) -> Engine:
-    """The engine to start from: ``CURRENT``'s snapshot (verified), or a fresh one."""
+    """The engine to start from: ``CURRENT``'s snapshot (verified), or a fresh one.
+
+    ``timings``, if given, receives the seconds spent verifying (``verify``) and loading each
+    part of the state (see :meth:`Engine.load`).
+    """
+    started = time.perf_counter()
     loaded = store.load_current() if store is not None else None
+    if timings is not None:
+        timings["verify"] = time.perf_counter() - started
     if loaded is None:
         return Engine(
             catalog, settings, learner_settings, decisions=decisions, content_index=content_index
@@ -74,6 +83,7 @@ def open_engine(
         decisions=decisions,
         version=loaded.snapshot.version,
         content_index=content_index,
+        timings=timings,
     )
     engine.offset = loaded.resume_offset - 1  # read(after=offset) resumes at resume_offset
     return engine
@@ -103,6 +113,7 @@ class Learner:
         self._events_since_cut = 0
         self._pending: CurrentPointer | None = None
         self.last_error: str | None = None
+        self.swap_timings: dict[str, float] = {}  # seconds per phase of the last swap
 
     @property
     def settings(self) -> LearnerSettings:
@@ -125,6 +136,10 @@ class Learner:
         batch = self.log.read(self.engine.offset, self.settings.read_batch)
         chunk = self.settings.lock_chunk
         for start in range(0, len(batch), chunk):
+            if start and self._moved():
+                # an operator moved CURRENT: obey it at the next step rather than after the
+                # whole batch (the rest of the batch is read again from the new state's offset)
+                return self._report(report)
             part = batch[start : start + chunk]
             learned = self.engine.learn(
                 [x.event for x in part], offset=part[-1].offset, sessions=self.sessions
@@ -139,9 +154,19 @@ class Learner:
             self.schedule.record(len(batch))
             if self.schedule.due() and self._events_since_cut:
                 report.cut = self.cut()
+        return self._report(report)
+
+    def _report(self, report: StepReport) -> StepReport:
         if self._on_step is not None:
             self._on_step(self, report)
         return report
+
+    def _moved(self) -> bool:
+        """Whether ``CURRENT`` was moved by someone else (kept pending for the next step)."""
+        if self.store is None or self._pending is not None:
+            return self._pending is not None
+        self._pending = self.store.poll()
+        return self._pending is not None
 
     def run_until_caught_up(self) -> int:
         """Learn until the log has nothing new; returns how many events were learned."""
@@ -152,8 +177,10 @@ class Learner:
             if n == 0:
                 return total
 
-    def cut(self) -> CommitResult | None:
-        """Write a snapshot of the engine now (the learner is its only writer)."""
+    def cut(self, *, note: str | None = None, relabel: bool = True) -> CommitResult | None:
+        """Write a snapshot of the engine now (the learner is its only writer); ``note`` is
+        kept in the manifest's ``extra``. ``relabel=False`` keeps serving the state under its
+        present version (a bookkeeping snapshot of the same model)."""
         if self.store is None:
             return None
         engine = self.engine
@@ -179,10 +206,12 @@ class Learner:
                     }
                 ),
                 parent=parent,
+                extra={"note": note} if note else None,
             )
-            with engine.lock:
-                engine.base_version = result.version
-                engine.learned_since_base -= events
+            if relabel:
+                with engine.lock:
+                    engine.base_version = result.version
+                    engine.learned_since_base -= events
         self._events_since_cut = 0
         if self.schedule is not None:
             self.schedule.reset()
@@ -195,14 +224,22 @@ class Learner:
     def _swap(self, pointer: CurrentPointer) -> None:
         """Load ``pointer.version`` (an operator's rollback) and continue or replay as it says.
 
-        ``continue`` resumes at ``pointer.resume_offset``, exactly where a learner started now
-        would: the span from the snapshot to the furthest snapshot cut before the rollback is
-        skipped, and the events learned since that last cut (in no snapshot) are learned again
-        on top of the rolled-back state rather than silently dropped.
+        ``continue``: V's state goes on with new events only. Everything this learner had
+        learned after V (the span that is often why one rolls back) is skipped, and at once a
+        snapshot of V at this log position is cut, so that a restart resumes exactly here too.
+        (A learner that was not running at the rollback resumes at ``pointer.resume_offset``,
+        the furthest position any snapshot had reached: events no snapshot held are new to it.)
+        ``replay``: V's state re-learns the log from V's offset.
         """
         assert self.store is not None
         version, mode = pointer.version, pointer.mode
+        timings: dict[str, float] = {}
+        changed = pointer.changed_ts
+        if changed is not None:  # from the move to noticing it
+            timings["detect"] = max(0.0, time.time() - changed)
+        started = time.perf_counter()
         snapshot = self.store.load(version)
+        timings["verify"] = time.perf_counter() - started
         old = self.engine
         new = Engine.load(
             snapshot.path,
@@ -212,18 +249,27 @@ class Learner:
             decisions=old.decisions,
             version=version,
             content_index=old.content_index,
+            timings=timings,
         )
         if mode == "replay":
             new.offset = snapshot.manifest.offset - 1
         else:
-            new.offset = max(snapshot.manifest.offset, pointer.resume_offset) - 1
+            new.offset = max(snapshot.manifest.offset - 1, pointer.resume_offset - 1, old.offset)
         self.engine = new
         self._events_since_cut = 0
+        self.swap_timings = timings
         logger.warning(
             "CURRENT moved to %s (%s): now learning after offset %d", version, mode, new.offset
         )
         if self._on_swap is not None:
             self._on_swap(new)
+        if mode != "replay" and new.offset > snapshot.manifest.offset - 1:
+            # make the skip durable: V's state at this position, so a restart resumes here
+            # (answers keep saying V: it is V's model, only the log position differs)
+            self.cut(
+                note=f"rollback to {version}: continuing after offset {new.offset}",
+                relabel=False,
+            )
 
     # -- the loop ---------------------------------------------------------------------------
 

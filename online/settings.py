@@ -24,6 +24,12 @@ class EngineSettings(BaseSettings):
     learning_rate: float = Field(0.05, gt=0)
     """SGD step of the relevance model's latents."""
 
+    weight_learning_rate: float = Field(0.05, gt=0)
+    """SGD step of the relevance model's per-feature (linear) weights."""
+
+    init_std: float = Field(0.1, gt=0)
+    """Standard deviation of the relevance model's initial latents."""
+
     cf_candidates: int = Field(300, ge=0)
     """Candidates from the ANN search over learned item vectors with the listener's vector."""
 
@@ -60,6 +66,17 @@ class EngineSettings(BaseSettings):
 
     epsilon: float = Field(0.05, ge=0, le=1)
     """Exploration probability of ``epsilon`` exploration."""
+
+    gamma_scale: float = Field(300.0, gt=0)
+    """SquareCB's greediness: ``gamma = gamma_scale * n_learned ** gamma_exponent``; a
+    non-greedy action gets ``1 / (K + gamma * cost gap)``, so larger means less exploration."""
+
+    gamma_exponent: float = Field(0.5, ge=0)
+    """How fast SquareCB's greediness grows with the bandit's samples."""
+
+    bandit_learning_rate: float = Field(0.02, gt=0)
+    """VW's learning rate (``-l``) of the bandit's cost regression. Rewards per slot are sparse
+    (a few percent), so a small step averages over many slots instead of chasing the last."""
 
     hnsw_ef: int = Field(200, ge=1)
     """Search breadth of the HNSW indexes."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -31,7 +31,7 @@ from online.learner import Learner, StepReport, open_engine
 from serving.metrics import Metrics
 from serving.recommender import Recommender
 from serving.settings import Settings
-from snapshots import CutSchedule, SnapshotStore
+from snapshots import CutSchedule, PointerWatch, SnapshotStore
 from snapshots.guard import PromotionGuard
 
 logger = logging.getLogger("segue.serving")
@@ -53,6 +53,7 @@ class Services:
     popular: tuple[str, ...] = ()
     _popular_version: int = -1
     _stop: threading.Event = field(default_factory=threading.Event)
+    _watch: PointerWatch | None = None
     _threads: list[threading.Thread] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -126,7 +127,7 @@ class Services:
             store=self.store,
             schedule=CutSchedule.from_settings(self.settings.snapshot),
             sessions=False,  # the intake records plays in sessions itself (observe_sessions)
-            on_swap=self.swap_engine,
+            on_swap=lambda engine: self.swap_engine(engine, timings=learner.swap_timings),
             on_step=self._after_step,
         )
         self.learner = learner
@@ -134,15 +135,30 @@ class Services:
         return learner
 
     def start_reloader(self) -> None:
-        """Without an embedded learner: serve each new ``CURRENT`` within ``reload_poll_s``."""
+        """Without an embedded learner: serve each new ``CURRENT`` as soon as it moves.
+
+        A :class:`~snapshots.PointerWatch` wakes the reloader when the snapshot directory
+        changes (inotify), and ``reload_poll_s`` bounds the wait where file-system events are
+        not delivered (a shared file system written from another host) and between retries.
+        """
+        watch = self.store.watch()
+        self._watch = watch
 
         def loop() -> None:
             retry = False  # a move whose snapshot could not be loaded is tried again
-            while not self._stop.wait(self.settings.serving.reload_poll_s):
+            while not self._stop.is_set():
+                watch.wait(self.settings.serving.reload_poll_s)
+                if self._stop.is_set():
+                    break
                 try:
-                    if self.store.poll() is None and not retry:
+                    pointer = self.store.poll()
+                    if pointer is None and not retry:
                         continue
                     retry = True
+                    timings: dict[str, float] = {}
+                    changed = pointer.changed_ts if pointer is not None else None
+                    if changed is not None:  # from the move to noticing it
+                        timings["detect"] = max(0.0, time.time() - changed)
                     fresh = open_engine(
                         self.catalog,
                         self.store,
@@ -150,8 +166,9 @@ class Services:
                         self.settings.learner,
                         decisions=self.decisions,
                         content_index=self.engine.content_index,
+                        timings=timings,
                     )
-                    self.swap_engine(fresh)
+                    self.swap_engine(fresh, timings=timings)
                     retry = False
                 except Exception:
                     logger.exception("could not load the new CURRENT snapshot; keeping the old")
@@ -161,14 +178,33 @@ class Services:
         thread.start()
         self._threads.append(thread)
 
-    def swap_engine(self, engine: Engine) -> None:
-        """Serve ``engine`` from now on (requests in flight finish on the old one)."""
-        old = self.engine.model_version
+    def swap_engine(self, engine: Engine, timings: Mapping[str, float] | None = None) -> None:
+        """Serve ``engine`` from now on (requests in flight finish on the old one).
+
+        ``timings`` (seconds per phase of loading it) are logged with the swap.
+        """
+        started = time.perf_counter()
+        previous = self.engine
+        # the newest-items order is derived from the shared catalog alone (keyed by its
+        # version): reuse it rather than sort a million release times on the first request
+        cache = getattr(previous, "_fresh_cache", None)
+        shared = engine.catalog is previous.catalog
+        if cache is not None and shared and getattr(engine, "_fresh_cache", cache) is None:
+            engine._fresh_cache = cache
         self.engine = engine
         self.metrics.model_info.clear()
         self.metrics.model_info.labels(engine.model_version).set(1)
         self.refresh_popular()
-        logger.warning("now serving %s (was %s)", engine.model_version, old)
+        phases = dict(timings or {})
+        phases["popular"] = time.perf_counter() - started
+        detail = " ".join(f"{name}={seconds:.3f}" for name, seconds in phases.items())
+        logger.warning(
+            "now serving %s (was %s); seconds: %s; swapped at %.3f",
+            engine.model_version,
+            previous.model_version,
+            detail,
+            time.time(),
+        )
 
     def _after_step(self, learner: Learner, report: StepReport) -> None:
         if report.events:
@@ -201,8 +237,12 @@ class Services:
     def close(self) -> None:
         self._stop.set()
         self.new_events.set()
+        if self._watch is not None:
+            self._watch.interrupt()
         for thread in self._threads:
             thread.join(timeout=30)
+        if self._watch is not None and not any(t.is_alive() for t in self._threads):
+            self._watch.close()
         close_decisions = getattr(self.decisions, "close", None)
         if close_decisions is not None:
             close_decisions()

@@ -19,7 +19,7 @@ from snapshots.errors import (
 )
 from snapshots.guard import HIGHER_IS_BETTER, GuardRule, PromotionGuard
 from snapshots.manifest import FileEntry, Manifest, Promotion, make_version, settings_hash
-from snapshots.pointer import MODES, CurrentPointer
+from snapshots.pointer import MODES, CurrentPointer, PointerWatch
 from snapshots.schedule import CutSchedule
 from snapshots.store import (
     CommitResult,
@@ -48,6 +48,7 @@ __all__ = [
     "Loaded",
     "Manifest",
     "NoGoodSnapshotError",
+    "PointerWatch",
     "Promotion",
     "PromotionGuard",
     "Rollback",

@@ -64,7 +64,12 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def sha256_file(path: Path) -> tuple[str, int]:
-    """The hex sha256 and byte size of a file."""
+    """The hex sha256 and byte size of a file.
+
+    Reads with ``read(2)``, not a memory map: a disk error is then an ``OSError``, not a
+    SIGBUS that would end the process. Both the read and the hashing release the GIL, so
+    several files hash in parallel threads while Python code keeps running.
+    """
     digest = hashlib.sha256()
     size = 0
     with open(path, "rb", buffering=0) as fh:

@@ -418,7 +418,7 @@ def verify(
     bad = 0
     for name in versions:
         try:
-            snapshot = store.verify(name)
+            snapshot = store.verify(name, full=True)
         except CorruptSnapshotError as exc:
             bad += 1
             typer.echo(f"CORRUPT {name}: {exc.path}: {exc.reason}")

@@ -6,6 +6,7 @@ Layout of the snapshot directory::
     <root>/<version>/manifest.json     one directory per version
     <root>/<version>/<state files>     written by the learner, any names, subdirectories allowed
     <root>/pins/<version>              an empty file per pinned version
+    <root>/.verified/<version>.json    what the last hashing verification saw (a cache)
     <root>/.staging-<id>/ (+ .lock)    snapshots being written; never visible as a version
     <root>/.trash/                     versions being deleted
     <root>/.lock                       serialises pointer moves, renames and pruning
@@ -32,6 +33,8 @@ How the learner uses it::
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import tarfile
@@ -39,6 +42,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path, PurePosixPath
@@ -73,9 +77,20 @@ from snapshots.manifest import (
     make_version,
     version_key,
 )
-from snapshots.pointer import MODES, POINTER_NAME, CurrentPointer, read_pointer, write_pointer
+from snapshots.pointer import (
+    MODES,
+    POINTER_NAME,
+    CurrentPointer,
+    PointerWatch,
+    read_pointer,
+    write_pointer,
+)
 
 STAGING_PREFIX = ".staging-"
+HASH_THREADS = min(4, os.cpu_count() or 1)
+RECORDS_DIR = ".verified"
+TRUST_S = 60.0  # how long a full verification vouches for files that have not changed since
+SETTLED_NS = 1_000_000_000  # files changed this shortly before a verification: not vouched for
 LIBRARIES = ("river", "vowpalwabbit", "hnswlib", "numpy", "pydantic", "segue")
 
 
@@ -364,6 +379,14 @@ class SnapshotStore:
         self._seen_seq = pointer.seq
         return pointer
 
+    def watch(self) -> PointerWatch:
+        """A :class:`~snapshots.pointer.PointerWatch` on this store's ``CURRENT``.
+
+        Wait on it, then :meth:`poll`: a move is noticed within milliseconds (inotify), or
+        within the wait's timeout where file-system events are not delivered.
+        """
+        return PointerWatch(self.root)
+
     def manifest(self, version: str) -> Manifest:
         """The parsed manifest of ``version`` (files not verified)."""
         path = self._dir(version)
@@ -393,12 +416,23 @@ class SnapshotStore:
             )
         return rows
 
-    def verify(self, version: str) -> Snapshot:
+    def verify(self, version: str, *, full: bool = False) -> Snapshot:
         """Check every file's size and sha256 and that no unlisted file exists.
 
         Raises :class:`CorruptSnapshotError` naming the first offending file.
+
+        Every verification that hashes leaves a record in ``<root>/.verified/<version>.json``:
+        the manifest's sha256 and each file's size, mtime, ctime, inode and device. For
+        ``TRUST_S`` seconds a later verification that finds the same manifest and every
+        file's figures unchanged skips the hashing: this is what makes the loader's check of
+        a rollback target, right after ``segue snapshots rollback`` hashed it, cost a few
+        ``stat`` calls instead of a second pass over hundreds of megabytes. Any write to a
+        file moves its ctime (which no program can set back), so a file changed since is
+        hashed again and refused if damaged; files changed less than ``SETTLED_NS`` before
+        a verification are never vouched for (clock granularity). ``full=True`` always
+        hashes (``segue snapshots verify``, ``rollback`` and ``export`` do).
         """
-        return _verify_dir(self._dir(version), version)
+        return _verify_dir(self._dir(version), version, self.root / RECORDS_DIR, trust=not full)
 
     def load(self, version: str) -> Snapshot:
         """Verify ``version`` and make it this store's head (the next commit's parent)."""
@@ -478,7 +512,7 @@ class SnapshotStore:
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        snapshot = self.verify(version)
+        snapshot = self.verify(version, full=True)
         with locked(self.root / ".lock"):
             try:
                 previous = self.pointer()
@@ -536,11 +570,14 @@ class SnapshotStore:
                 if version not in spared:
                     remove_tree(self.root / version, self.root / ".trash")
                     removed.append(version)
+            for record in _records(self.root):
+                if not (self.root / record.stem).is_dir():
+                    record.unlink(missing_ok=True)
         return removed
 
     def export_archive(self, version: str, file: str | os.PathLike[str]) -> Snapshot:
         """Verify ``version`` and write it as a ``.tar.gz`` whose one top directory is it."""
-        snapshot = self.verify(version)
+        snapshot = self.verify(version, full=True)
         target = Path(file)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         try:
@@ -743,18 +780,23 @@ def _seal_files(staging: Path) -> dict[str, FileEntry]:
                 raise SnapshotError(f"{path}: {MANIFEST_NAME} is reserved for the store")
             if not path.is_file():
                 raise SnapshotError(f"{path}: only regular files are allowed in a snapshot")
-            digest, size = sha256_file(path)
-            fsync_file(path)
-            files[rel] = FileEntry(digest, size)
+            files[rel] = FileEntry("", path.stat().st_size)
+    for rel, (digest, size) in _hash_files(staging, files, sync=True).items():
+        files[rel] = FileEntry(digest, size)
     for dirpath, _dirs, _files in os.walk(staging, topdown=False):
         fsync_dir(Path(dirpath))
     return files
 
 
 def _read_manifest(path: Path, version: str) -> Manifest:
+    return _load_manifest(path, version)[0]
+
+
+def _load_manifest(path: Path, version: str) -> tuple[Manifest, bytes]:
     file = path / MANIFEST_NAME
     try:
-        manifest = Manifest.from_json(file.read_bytes())
+        raw = file.read_bytes()
+        manifest = Manifest.from_json(raw)
     except FileNotFoundError:
         raise CorruptSnapshotError(version, str(file), "missing") from None
     except ValueError as exc:
@@ -763,32 +805,117 @@ def _read_manifest(path: Path, version: str) -> Manifest:
         raise CorruptSnapshotError(
             version, str(file), f"names version {manifest.version}, not {version}"
         )
-    return manifest
+    return manifest, raw
 
 
-def _verify_dir(path: Path, version: str) -> Snapshot:
-    manifest = _read_manifest(path, version)
+def _verify_dir(
+    path: Path, version: str, records: Path | None = None, *, trust: bool = False
+) -> Snapshot:
+    """Verify a snapshot directory; with ``records``, leave a verification record there.
+
+    With ``trust`` too, a record (``records/<version>.json``, see
+    :meth:`SnapshotStore.verify`) that vouches for the files skips the hashing, never the
+    other checks.
+    """
+    manifest, raw = _load_manifest(path, version)
+    stat_ns = time.time_ns()
+    stats: dict[str, list[int]] = {}
     for rel, entry in sorted(manifest.files.items()):  # sizes first: cheap, catches truncation
         file = path / rel
         try:
-            size = file.stat().st_size
+            st = file.stat()
         except FileNotFoundError:
             raise CorruptSnapshotError(version, str(file), "missing") from None
-        if size != entry.size:
+        if st.st_size != entry.size:
             raise CorruptSnapshotError(
-                version, str(file), f"size {size} bytes, manifest says {entry.size}"
+                version, str(file), f"size {st.st_size} bytes, manifest says {entry.size}"
             )
+        stats[rel] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
     for dirpath, _dirs, filenames in os.walk(path):
         for name in filenames:
             rel = Path(dirpath, name).relative_to(path).as_posix()
             if rel != MANIFEST_NAME and rel not in manifest.files:
                 raise CorruptSnapshotError(version, str(path / rel), "not in the manifest")
+    record = None if records is None else records / f"{version}.json"
+    manifest_sha = hashlib.sha256(raw).hexdigest()
+    if trust and record is not None and _vouched(record, version, manifest_sha, stats):
+        return Snapshot(path, manifest)
+    digests = _hash_files(path, manifest.files)
     for rel, entry in sorted(manifest.files.items()):
-        file = path / rel
-        digest, _size = sha256_file(file)
-        if digest != entry.sha256:
-            raise CorruptSnapshotError(version, str(file), "sha256 mismatch")
+        if digests[rel][0] != entry.sha256:
+            raise CorruptSnapshotError(version, str(path / rel), "sha256 mismatch")
+    if record is not None:
+        body = {
+            "version": version,
+            "manifest_sha256": manifest_sha,
+            "verified_at_ns": stat_ns,
+            "files": stats,
+        }
+        _write_record(record, json.dumps(body, sort_keys=True).encode())
     return Snapshot(path, manifest)
+
+
+def _vouched(record: Path, version: str, manifest_sha: str, stats: Mapping[str, list[int]]) -> bool:
+    """Whether a fresh record vouches for exactly these files, unchanged since it was made."""
+    try:
+        body = json.loads(record.read_bytes())
+        at = int(body["verified_at_ns"])
+        files = body["files"]
+        ok = body["version"] == version and body["manifest_sha256"] == manifest_sha
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    age = time.time_ns() - at
+    if not ok or not 0 <= age <= TRUST_S * 1e9 or not isinstance(files, dict):
+        return False
+    if set(files) != set(stats):
+        return False
+    for rel, sig in stats.items():
+        if files[rel] != sig:  # size, mtime, ctime, inode or device moved: hash again
+            return False
+        if sig[2] > at - SETTLED_NS:  # changed just before that verification: not vouched
+            return False
+    return True
+
+
+def _records(root: Path) -> list[Path]:
+    records = root / RECORDS_DIR
+    return list(records.glob("*.json")) if records.is_dir() else []
+
+
+def _write_record(record: Path, data: bytes) -> None:
+    """Replace a verification record (a cache: not fsynced; a lost one only costs a hash)."""
+    with contextlib.suppress(OSError):  # a read-only snapshot directory: nothing recorded
+        record.parent.mkdir(exist_ok=True)
+        tmp = record.with_name(f".{record.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, record)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _hash_files(
+    path: Path, files: Mapping[str, FileEntry], *, sync: bool = False
+) -> dict[str, tuple[str, int]]:
+    """The sha256 and size of every listed file (fsynced too if ``sync``), largest first, by
+    ``HASH_THREADS`` threads.
+
+    hashlib, file reads and fsync release the GIL, so this takes about the time of the
+    largest file on two cores, and the service keeps answering meanwhile.
+    """
+
+    def one(rel: str) -> tuple[str, int]:
+        digest = sha256_file(path / rel)
+        if sync:
+            fsync_file(path / rel)
+        return digest
+
+    order = sorted(files, key=lambda rel: (-files[rel].size, rel))
+    if len(order) < 2 or HASH_THREADS < 2:
+        return {rel: one(rel) for rel in order}
+    with ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="segue-hash") as pool:
+        futures = {rel: pool.submit(one, rel) for rel in order}
+        return {rel: future.result() for rel, future in futures.items()}
 
 
 def _safe_extract(file: Path, dest: Path) -> str:

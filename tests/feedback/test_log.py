@@ -104,7 +104,8 @@ def test_a_huge_dead_letter_body_is_truncated_not_lost(event_log: SQLEventLog):
 
 
 def test_concurrent_appenders_never_interleave_offsets_out_of_commit_order(db_url: str):
-    logs = [SQLEventLog(create_db_engine(db_url)) for _ in range(3)]
+    # a generous lock wait: three writers contend on purpose, on a machine that may be busy
+    logs = [SQLEventLog(create_db_engine(db_url, timeout_s=60)) for _ in range(3)]
 
     def writer(w: int) -> None:
         for b in range(10):

@@ -23,10 +23,11 @@ def test_a_listener_never_seen_gets_a_full_list_of_available_items(small_catalog
 def test_the_engine_learns_each_groups_taste(small_catalog: Catalog, world: World):
     engine = make_engine(small_catalog)
     shares = list(run_world(engine, world, steps=400))
-    before, after = np.mean(shares[:40]), np.mean(shares[-80:])
-    # each favourite genre holds about 1/6 of the catalog: that is what a random list hits
-    assert before < 0.35
-    assert after > 0.6, f"liked share only went from {before:.2f} to {after:.2f}"
+    first, after = np.mean(shares[:8]), np.mean(shares[-80:])
+    # each favourite genre holds about 1/6 of the catalog: what the first, untrained lists hit
+    assert first < 0.45
+    assert after > 0.6, f"liked share only went from {first:.2f} to {after:.2f}"
+    assert after > first + 0.25
     assert engine.join_stats["joined"] > 0
     assert engine.quality()["relevance_auc"] > 0.7
 

@@ -105,7 +105,8 @@ def test_sigkilled_learner_leaves_a_good_current_and_ends_exactly(
 ):
     data = tmp_path / "data"
     settings = _settings(data, monkeypatch)
-    catalog, log = _fill(settings, 120)  # 1920 events
+    # enough events that four kills land before the log is used up, however fast the learner
+    catalog, log = _fill(settings, 400)  # 6400 events
     env = {**ENV, "SEGUE_DATA_DIR": str(data)}
     root = settings.snapshot_dir()
     rng = random.Random(11)
