@@ -405,10 +405,16 @@ class Engine:
         return [item_id for item_id, good in zip(ids, ok.tolist(), strict=True) if good]
 
     def _session_vector(self, recent: Sequence[tuple[str, float]], now: float, view: Any) -> Any:
-        """Decayed mean of the content embeddings of the listener's recent plays."""
-        if view.embeddings is None:
+        """Decayed mean of the content embeddings of the listener's recent plays.
+
+        Weights are relative to the newest play (a mean does not change when every weight is
+        scaled), so a listener back after weeks still gets their session's direction instead
+        of 0/0; the sum is kept in float64.
+        """
+        if view.embeddings is None or not recent:
             return None
-        acc = None
+        newest = max(t for _, t in recent)
+        acc = np.zeros(view.embeddings.shape[1], dtype=np.float64)
         total = 0.0
         for item_id, t in recent:
             try:
@@ -417,10 +423,10 @@ class Engine:
                 continue
             if i >= len(view.has_embedding) or not view.has_embedding[i]:
                 continue
-            w = 0.5 ** (max(0.0, now - t) / self.settings.session_half_life_s)
-            acc = view.embeddings[i] * w if acc is None else acc + view.embeddings[i] * w
+            w = 0.5 ** ((newest - t) / self.settings.session_half_life_s)
+            acc += view.embeddings[i] * w
             total += w
-        if acc is None or total <= 0:
+        if total <= 0:
             return None
         return (acc / total).astype(np.float32)
 

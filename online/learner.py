@@ -112,6 +112,7 @@ class Learner:
         self._on_step = on_step
         self._events_since_cut = 0
         self._pending: CurrentPointer | None = None
+        self._last_refresh = float("-inf")
         self.last_error: str | None = None
         self.swap_timings: dict[str, float] = {}  # seconds per phase of the last swap
 
@@ -148,7 +149,10 @@ class Learner:
             report.relevance_samples += learned.relevance_samples
             report.bandit_samples += learned.bandit_samples
         if batch:
-            report.indexed = self.engine.refresh_index()
+            now = time.monotonic()
+            if now - self._last_refresh >= self.settings.index_refresh_interval_s:
+                report.indexed = self.engine.refresh_index()
+                self._last_refresh = now
             self._events_since_cut += len(batch)
         if self.schedule is not None:
             self.schedule.record(len(batch))

@@ -126,6 +126,10 @@ class LearnerSettings(BaseSettings):
     poll_interval_s: float = Field(0.05, gt=0)
     """How long the learner sleeps when the log has nothing new (it is also woken by ingest)."""
 
+    index_refresh_interval_s: float = Field(1.0, ge=0)
+    """At most one ANN index refresh per this many seconds (re-linking moved vectors is most
+    of a learner cycle's cost; 0 refreshes after every batch)."""
+
     decision_ttl_s: float = Field(7200.0, gt=0)
     """How long served lists are kept for the reward join (must exceed the window)."""
 

@@ -31,6 +31,7 @@ def serve(
     import uvicorn
 
     from serving.app import create_app
+    from serving.services import freeze_heap
 
     try:
         settings = load_settings()
@@ -38,6 +39,7 @@ def serve(
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
     app = create_app(settings, demo=demo, embedded_learner=learner)
+    freeze_heap()
     uvicorn.run(
         app,
         host=host or settings.serving.host,

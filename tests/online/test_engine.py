@@ -140,3 +140,13 @@ def test_a_restart_from_a_saved_state_continues_exactly(small_catalog: Catalog, 
     a = straight.recommend("u1", 8, {}, explore=False, now=world.t)
     b = resumed.recommend("u1", 8, {}, explore=False, now=world.t)
     assert a.item_ids == b.item_ids
+
+
+def test_a_listener_back_after_weeks_still_gets_a_session_vector(small_catalog: Catalog):
+    engine = make_engine(small_catalog)
+    played = str(small_catalog.ids[5])
+    engine.observe_sessions([Event("p", "play", "away", played, T0, played_ms=60_000)])
+    rec = engine.recommend("away", 10, {}, now=T0 + 30 * 86_400)  # NaN would raise here
+    assert len(rec.items) == 10
+    pool = engine.candidates("away", {}, now=T0 + 30 * 86_400)
+    assert any("content" in c for c in pool.channels.values())
