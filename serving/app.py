@@ -8,15 +8,38 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Response
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving import feedback_api, recommend_api
+from serving.metrics import Metrics
 from serving.services import Services, get_services
 from serving.settings import Settings, load_settings
 
 API_VERSION = "1"
+
+
+class RequestTiming:
+    """Records each request's latency by route template (a plain ASGI middleware: Starlette's
+    BaseHTTPMiddleware re-streams every body through a task, which costs on big batches)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            self.metrics.request_latency.labels(path).observe(time.perf_counter() - started)
 
 
 class HealthOut(BaseModel):
@@ -60,14 +83,7 @@ def create_app(
     )
     app.state.services = services
 
-    @app.middleware("http")
-    async def _timing(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        services.metrics.request_latency.labels(path).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(RequestTiming, metrics=services.metrics)
 
     @app.get("/health/live", response_model=HealthOut, tags=["health"])
     def live() -> HealthOut:
