@@ -73,6 +73,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import orjson
 import pylibvw
 import vowpalwabbit
 
@@ -314,7 +315,7 @@ class BanditReranker:
         predict_multi, ws = pylibvw.vw.predict_multi, self._ws
         squarecb = self.exploration == "squarecb"
 
-        exs = self._ws.parse(json.dumps(doc))
+        exs = self._ws.parse(orjson.dumps(doc).decode())
         try:
             shared_ex, actions = exs[0], exs[1:]
             for position in range(k):
@@ -400,13 +401,13 @@ class BanditReranker:
         }
         if label is not None:
             action["_label"] = label
-        return json.dumps(
+        return orjson.dumps(
             {
                 "s": self._shared_namespace(shared),
                 "p": {"pos": float(features.get("pos", 0.0))},
                 "_multi": [action],
             }
-        )
+        ).decode()
 
     def learn_one(
         self,
