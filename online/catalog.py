@@ -601,11 +601,13 @@ class Catalog:
                 # the DBAPI cursor directly: SQLAlchemy's row objects cost more than the rest
                 # of loading together (a million rows: ~5 s of 13 s)
                 sql = str(sa.select(*columns).order_by(t.c.idx).compile(dialect=conn.dialect))
-                cursor = conn.connection.dbapi_connection.cursor()
+                dbapi = conn.connection.dbapi_connection
+                assert dbapi is not None, "an open connection has a DBAPI connection"
+                cursor = dbapi.cursor()
                 try:
                     cursor.execute(sql)
                     while part := cursor.fetchmany(50_000):
-                        self._load_part(part)
+                        self._load_part(list(part))
                 finally:
                     cursor.close()
             self._version += 1

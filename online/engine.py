@@ -366,7 +366,7 @@ class Engine:
                     offer_idx(ids, "content")
             if s.covisit_candidates and recent:
                 per_play = max(1, s.covisit_candidates // min(3, len(recent)))
-                nexts = []
+                nexts: list[str] = []
                 for item_id, _ in reversed(recent[-3:]):
                     nexts.extend(n for n, _ in self._transitions.next_items(item_id, per_play))
                 offer(self._available(nexts), "covisit")
