@@ -44,10 +44,32 @@ def main() -> None:
     parser.add_argument("--replay-events", type=int, default=100_000)
     parser.add_argument("--ope-rows", type=int, default=1_000_000)
     parser.add_argument("--n-boot", type=int, default=200)
+    parser.add_argument(
+        "--engine-eval-every",
+        type=int,
+        default=0,
+        help="also replay with the engine policies (relevance, segue) beside the baselines, "
+        "scoring every n-th play (0: skip)",
+    )
     args = parser.parse_args()
 
     log = synthetic_interactions(args.replay_events, n_users=1000, n_items=5000, seed=0)
     replay_s, replay_all = _time(lambda: progressive_replay(log, k=10, seed=0), args.repeats)
+
+    engine_s = None
+    if args.engine_eval_every:
+        from simulations.engine_policy import EnginePolicy
+        from simulations.loaders import catalog_from_interactions
+
+        items = catalog_from_interactions(log)
+
+        def with_engine() -> None:
+            policies = {name: EnginePolicy(name, items, seed=0) for name in ("relevance", "segue")}
+            progressive_replay(
+                log, policies, k=10, seed=0, eval_every=args.engine_eval_every, progress=False
+            )
+
+        engine_s, _ = _time(with_engine, 1)
 
     n, n_actions = args.ope_rows, 80
     rng = np.random.default_rng(0)
@@ -81,6 +103,9 @@ def main() -> None:
     (out / "bench_simulations.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"replay   {args.replay_events:>9,} plays x 2 baselines: median {replay_s:6.2f} s "
           f"({args.replay_events / replay_s:,.0f} plays/s)")  # fmt: skip
+    if engine_s is not None:
+        print(f"replay   {args.replay_events:>9,} plays x random, popular, relevance, segue "
+              f"(scored every {args.engine_eval_every}th): {engine_s:6.2f} s")  # fmt: skip
     print(f"estimate {n:>9,} rows, 4 estimators, {args.n_boot} boots: median {ope_s:6.2f} s")
     print(f"evaluate {n:>9,} rows, all + 3 positions, on-policy row: median {eval_s:6.2f} s")
 
