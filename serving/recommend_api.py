@@ -84,7 +84,12 @@ async def recommend(
         request_id=rec.request_id,
         model_version=rec.model_version,
         items=[
-            ItemOut(item_id=i.item_id, score=i.score, propensity=i.propensity, explored=i.explored)
+            ItemOut(
+                item_id=i.item_id,
+                score=i.score + 0.0,  # no "-0.0" on the wire
+                propensity=i.propensity,
+                explored=i.explored,
+            )
             for i in rec.items
         ],
         fallback=rec.fallback,
