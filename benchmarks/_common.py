@@ -65,8 +65,11 @@ def serve(
     env: dict[str, str] | None = None,
     args: Sequence[str] = (),
     timeout_s: float = 600,
+    stderr: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``segue serve`` on 127.0.0.1:port until the block ends."""
+    """Run ``segue serve`` on 127.0.0.1:port until the block ends (its stderr into the file
+    ``stderr`` when given)."""
+    err = stderr.open("wb") if stderr is not None else None
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -81,6 +84,7 @@ def serve(
         ],
         env={**os.environ, "SEGUE_DATA_DIR": str(data_dir), **(env or {})},
         cwd=ROOT,
+        stderr=err,
     )
     try:
         deadline = time.monotonic() + timeout_s
@@ -103,3 +107,5 @@ def serve(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if err is not None:
+            err.close()

@@ -45,8 +45,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -55,7 +53,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import ROOT, machine, median
+from benchmarks._common import ROOT, machine, median, serve
 from feedback.db import create_db_engine
 from feedback.events import Event
 from feedback.log import SQLEventLog
@@ -153,52 +151,6 @@ class _NoLog:
         return 0
 
 
-@contextmanager
-def _serve(
-    data: Path, port: int, env: dict[str, str], args: tuple[str, ...], log: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    """``segue serve`` as in ``_common.serve``, its stderr (the swap lines) into ``log``."""
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from serving.cli import main; main()",
-                "serve",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-                *args,
-            ],
-            env={**os.environ, "SEGUE_DATA_DIR": str(data), **env},
-            cwd=ROOT,
-            stderr=err,
-        )
-        try:
-            deadline = time.monotonic() + 600
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"segue serve exited with {proc.returncode}")
-                try:
-                    url = f"http://127.0.0.1:{port}/health/ready"
-                    if httpx.get(url, timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("segue serve did not become ready")
-                time.sleep(0.2)
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 _SWAP = re.compile(r"now serving (\S+) \(was \S+\); seconds: (.*); swapped at ([0-9.]+)")
 
 
@@ -282,7 +234,7 @@ def bench_rollbacks(data: Path, versions: list[str], runs: int) -> dict[str, obj
         port = _free_port()
         started = time.perf_counter()
         log = data / f"serve-{mode}.log"
-        with _serve(data, port, env, args, log):
+        with serve(data, port, env=env, args=args, stderr=log):
             print(f"{mode}: service ready in {time.perf_counter() - started:.1f} s", flush=True)
             runs_out = []
             for _ in range(runs):
