@@ -171,17 +171,18 @@ def test_a_slow_stage_answers_within_budget_with_a_fallback(
     real = engine.candidates
 
     def slow(*args: object, **kwargs: object):
-        time.sleep(0.4)
+        time.sleep(1.5)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(engine, "candidates", slow)
     started = time.perf_counter()
     body = client.post("/v1/recommend", json={"user_id": "u", "k": 10}).json()
-    assert time.perf_counter() - started < 0.35
+    # answered by the fallback long before the slow stage ends (not a timing benchmark)
+    assert time.perf_counter() - started < 1.2
     assert body["fallback"] == "timeout"
     assert len(body["items"]) == 10
     monkeypatch.undo()
-    time.sleep(0.5)
+    time.sleep(1.5)
     assert client.post("/v1/recommend", json={"user_id": "u", "k": 10}).json()["fallback"] is None
 
 
