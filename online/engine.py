@@ -28,6 +28,7 @@ request waits at most one chunk.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
@@ -65,6 +66,7 @@ __all__ = [
 ]
 
 _FORMAT = "segue.engine/1"
+logger = logging.getLogger("segue.engine")
 _DAY = 86_400.0
 CHANNELS = ("cf", "content", "covisit", "trending", "fresh")
 # A learned item vector that moved less than this (relative L2) since it was linked into the
@@ -223,6 +225,9 @@ class Engine:
             window_s=ls.attribution_window_s,
         )
         self._cf_index = self._new_index(self._relevance.dim)
+        # set while a snapshot's CF index is still loading in the background (see load)
+        self._cf_ready = threading.Event()
+        self._cf_ready.set()
         if content_index is None and catalog.embedding_dim is not None:
             content_index = ContentIndex(
                 catalog.embedding_dim, m=s.hnsw_m, ef=s.hnsw_ef, seed=s.seed
@@ -701,6 +706,8 @@ class Engine:
         artist or genre latents give them a vector before their first play. Items with no
         learned signal yet (a zero latent part) are left out of the index.
         """
+        if not self._cf_ready.is_set():
+            return 0  # the CF index is still loading: moved items stay queued until it is in
         s = self.settings
         if self.content_index is not None:
             self.content_index.sync(self.catalog)
@@ -751,6 +758,7 @@ class Engine:
         """Write every learned state into ``directory`` (a snapshot's staging directory)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        self._cf_ready.wait()  # a deferred CF index is part of the state: wait for it
         with self.lock:
             self._relevance.dump(directory / "relevance.bin")
             self._bandit.dump(directory / "bandit.bin")
@@ -784,11 +792,16 @@ class Engine:
         version: str = "v0",
         content_index: ContentIndex | None = None,
         timings: dict[str, float] | None = None,
+        defer_cf_index: bool = False,
     ) -> Engine:
         """An engine with the state of a snapshot directory, at ``version``.
 
         ``content_index`` (derived from the catalog) is shared with the engine it replaces.
         ``timings``, if given, receives the seconds spent on each part of the state.
+        ``defer_cf_index``: return as soon as the models are in, while the CF ANN graph (most
+        of a large snapshot's bytes) finishes loading in the background; until it is in, the
+        candidates come from the other channels, index refreshes wait, and ``save`` waits.
+        A rollback is then answered by the restored models within about a second.
 
         The cyclic garbage collector is paused meanwhile: loading builds a few hundred
         thousand containers, and a service holding a large catalog would otherwise spend
@@ -858,11 +871,26 @@ class Engine:
             if wm is not None:
                 engine._now = float(wm)
             lap("meta")
-            engine._cf_index = cf.result()
+            if defer_cf_index and not cf.done():
+                engine._cf_ready.clear()
+
+                def install(done: Any) -> None:
+                    try:
+                        index = done.result()
+                        with engine.lock:
+                            engine._cf_index = index
+                    except Exception:  # the engine keeps serving from its other channels
+                        logger.exception("could not load the CF index of %s", version)
+                    finally:
+                        engine._cf_ready.set()
+
+                cf.add_done_callback(install)
+            else:
+                engine._cf_index = cf.result()
             lap("cf_index_wait")
             spent["load"] = clock() - started
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=not defer_cf_index, cancel_futures=False)
             if collecting:
                 gc.enable()
         return engine

@@ -59,6 +59,7 @@ def open_engine(
     decisions: DecisionLog | None = None,
     content_index: ContentIndex | None = None,
     timings: dict[str, float] | None = None,
+    defer_cf_index: bool = False,
 ) -> Engine:
     """The engine to start from: ``CURRENT``'s snapshot (verified), or a fresh one.
 
@@ -84,6 +85,7 @@ def open_engine(
         version=loaded.snapshot.version,
         content_index=content_index,
         timings=timings,
+        defer_cf_index=defer_cf_index,
     )
     engine.offset = loaded.resume_offset - 1  # read(after=offset) resumes at resume_offset
     return engine
@@ -102,8 +104,12 @@ class Learner:
         sessions: bool = True,
         on_swap: Callable[[Engine], None] | None = None,
         on_step: Callable[[Learner, StepReport], None] | None = None,
+        defer_index_on_swap: bool = False,
     ) -> None:
         self.engine = engine
+        # a service answers with a rolled-back version as soon as its models are in, while its
+        # CF graph finishes loading (Engine.load's defer_cf_index)
+        self.defer_index_on_swap = defer_index_on_swap
         self.log = log
         self.store = store
         self.schedule = schedule
@@ -254,6 +260,7 @@ class Learner:
             version=version,
             content_index=old.content_index,
             timings=timings,
+            defer_cf_index=self.defer_index_on_swap,
         )
         if mode == "replay":
             new.offset = snapshot.manifest.offset - 1

@@ -130,6 +130,7 @@ class Services:
             sessions=False,  # the intake records plays in sessions itself (observe_sessions)
             on_swap=lambda engine: self.swap_engine(engine, timings=learner.swap_timings),
             on_step=self._after_step,
+            defer_index_on_swap=True,
         )
         self.learner = learner
         self._threads.append(learner.start(self._stop, self.new_events))
@@ -168,6 +169,7 @@ class Services:
                         decisions=self.decisions,
                         content_index=self.engine.content_index,
                         timings=timings,
+                        defer_cf_index=True,
                     )
                     self.swap_engine(fresh, timings=timings)
                     retry = False

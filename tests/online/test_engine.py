@@ -150,3 +150,27 @@ def test_a_listener_back_after_weeks_still_gets_a_session_vector(small_catalog: 
     assert len(rec.items) == 10
     pool = engine.candidates("away", {}, now=T0 + 30 * 86_400)
     assert any("content" in c for c in pool.channels.values())
+
+
+def test_a_deferred_cf_index_serves_at_once_and_ends_identical(
+    small_catalog: Catalog, world: World, tmp_path: Path
+):
+    engine = make_engine(small_catalog)
+    list(run_world(engine, world, steps=60))
+    engine.refresh_index()
+    engine.save(tmp_path / "snap")
+    eager = Engine.load(tmp_path / "snap", small_catalog, engine.settings, engine.learner_settings)
+    lazy = Engine.load(
+        tmp_path / "snap",
+        small_catalog,
+        engine.settings,
+        engine.learner_settings,
+        defer_cf_index=True,
+    )
+    assert len(lazy.recommend("u1", 10, {}, now=world.t).items) == 10  # answers right away
+    assert lazy._cf_ready.wait(30)
+    a = eager.recommend("u3", 10, {}, explore=False, now=world.t, request_id="r")
+    b = lazy.recommend("u3", 10, {}, explore=False, now=world.t, request_id="r")
+    assert a.item_ids == b.item_ids
+    lazy.save(tmp_path / "again")  # waits for the index: a complete snapshot
+    assert (tmp_path / "again" / "cf_index").exists()
