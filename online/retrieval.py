@@ -287,7 +287,21 @@ def _read_meta(path: Path, kind: str) -> dict:
     return meta
 
 
-class BruteForceRetriever:
+class _ExactVectors:
+    """What both retrievers share: the exact vectors they keep beside any index."""
+
+    _table: _VectorTable
+    _lock: _ReadWriteLock
+
+    def stored(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The exact vectors held for ``ids`` (zeros for unknown ids) and whether each is
+        searchable: a caller can skip re-indexing vectors that did not move."""
+        ids = _check_ids(ids)
+        with self._lock.read():
+            return self._table.lookup(ids)
+
+
+class BruteForceRetriever(_ExactVectors):
     """Exact MIPS with numpy: the oracle for :class:`HNSWRetriever`.
 
     A query gathers and scores every searchable vector (k=500 over 300k 64-d vectors: about
@@ -335,13 +349,6 @@ class BruteForceRetriever:
             self._n_live -= hit.size
         return int(hit.size)
 
-    def stored(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The exact vectors held for ``ids`` (zeros for unknown ids) and whether each is
-        searchable: a caller can skip re-indexing vectors that did not move."""
-        ids = _check_ids(ids)
-        with self._lock.read():
-            return self._table.lookup(ids)
-
     def query(
         self, vector: np.ndarray, k: int, *, ef: int | None = None, exclude: object = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -380,7 +387,7 @@ class BruteForceRetriever:
         return r
 
 
-class HNSWRetriever:
+class HNSWRetriever(_ExactVectors):
     """Approximate MIPS with an hnswlib graph in the ``'ip'`` space (see the module doc).
 
     Hyperparameters: ``M`` and ``ef_construction`` shape the graph; ``ef`` is the default
@@ -588,13 +595,6 @@ class HNSWRetriever:
             self._rebuilds += 1
 
     # -- reads ---------------------------------------------------------------------------
-
-    def stored(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The exact vectors held for ``ids`` (zeros for unknown ids) and whether each is
-        searchable: a caller can skip re-indexing vectors that did not move."""
-        ids = _check_ids(ids)
-        with self._lock.read():
-            return self._table.lookup(ids)
 
     def query(
         self, vector: np.ndarray, k: int, *, ef: int | None = None, exclude: object = None
