@@ -657,7 +657,6 @@ class Engine:
     def _learn_samples(self, out: JoinOutput, report: LearnReport) -> None:
         wm = self._joiner.watermark
         half_life = self.learner_settings.half_life_s
-        touched_items = False
         items = self.catalog.get_many([sample.item_id for sample in out.relevance])
         for sample, item in zip(out.relevance, items, strict=True):
             if item is None:
@@ -670,7 +669,6 @@ class Engine:
             self._pv_n += 1
             self._relevance.learn_one(sample.user_id, item, sample.reward, sample.context, w)
             report.relevance_samples += 1
-            touched_items = True
         for bs in out.bandit:
             if not bs.features:
                 continue  # a slot placed without the bandit (the relevance-only baseline)
@@ -679,8 +677,8 @@ class Engine:
             self._bandit_reward += bs.reward
             self._bandit_n += 1
             report.bandit_samples += 1
-        if touched_items:
-            self._mark_dirty(self._relevance.pop_touched())
+        # which items moved is collected once per index refresh (and at save), not per chunk:
+        # an artist touched by many chunks expands to its items once
 
     # -- keeping the ANN index on the moving item vectors -----------------------------------
 
@@ -712,6 +710,7 @@ class Engine:
         if self.content_index is not None:
             self.content_index.sync(self.catalog)
         with self.lock:
+            self._mark_dirty(self._relevance.pop_touched())
             n_items = len(self.catalog)
             take = min(len(self._dirty), s.index_refresh_batch)
             chosen = [self._dirty.popitem(last=False)[0] for _ in range(take)]
@@ -760,6 +759,7 @@ class Engine:
         directory.mkdir(parents=True, exist_ok=True)
         self._cf_ready.wait()  # a deferred CF index is part of the state: wait for it
         with self.lock:
+            self._mark_dirty(self._relevance.pop_touched())  # the moved items, all of them
             self._relevance.dump(directory / "relevance.bin")
             self._bandit.dump(directory / "bandit.bin")
             self._cf_index.save(directory / "cf_index")
