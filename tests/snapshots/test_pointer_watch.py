@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -19,14 +18,12 @@ def test_a_rollback_wakes_the_watch_at_once(store, cut):
         if not watch.native:
             pytest.skip("no inotify here: the watch only times out")
         mover = threading.Timer(0.1, lambda: SnapshotStore(store.root).rollback(v1))
-        started = time.monotonic()
         mover.start()
-        while (pointer := store.poll()) is None:
-            assert time.monotonic() - started < 5, "the move was never noticed"
-            watch.wait(10)
-        assert pointer.version == v1
-        assert time.monotonic() - started < 5
+        # woken by the move itself (True), not by the 30 s timeout running out (False)
+        assert watch.wait(30) is True, "the move was never noticed"
         mover.join()
+        pointer = store.poll()
+        assert pointer is not None and pointer.version == v1
     finally:
         watch.close()
 
@@ -34,13 +31,9 @@ def test_a_rollback_wakes_the_watch_at_once(store, cut):
 def test_wait_times_out_and_interrupt_ends_it(store):
     watch = store.watch()
     try:
-        started = time.monotonic()
-        assert watch.wait(0.05) is False
-        assert time.monotonic() - started >= 0.04
+        assert watch.wait(0.05) is False  # nothing happened: it timed out
         threading.Timer(0.05, watch.interrupt).start()
-        started = time.monotonic()
-        assert watch.wait(10) is True
-        assert time.monotonic() - started < 5
+        assert watch.wait(30) is True  # interrupted, not timed out
     finally:
         watch.close()
     with pytest.raises(ValueError, match="closed"):
