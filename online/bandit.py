@@ -64,7 +64,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import pickle
 import tempfile
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
@@ -78,6 +77,7 @@ import pylibvw
 import vowpalwabbit
 
 from feedback.events import SlateEntry
+from online._statefile import read_state, write_state
 from online.relevance import encode_context
 
 __all__ = ["ACTION_FEATURES", "BanditReranker", "Candidate"]
@@ -457,23 +457,18 @@ class BanditReranker:
             self._ws.save(str(model))
             vw_bytes = model.read_bytes()
         state = {
-            "format": _FORMAT,
             "params": self._params(),
             "n_learned": self.n_learned,
             "rng_state": self._rng.bit_generator.state,
             "vw_model": vw_bytes,
             "vw_version": vowpalwabbit.__version__,
         }
-        with Path(path).open("wb") as f:
-            pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
+        write_state(path, _FORMAT, state)
 
     @classmethod
     def load(cls, path: Path) -> BanditReranker:
         """Read a reranker written by :meth:`dump`; learning continues exactly as before."""
-        with Path(path).open("rb") as f:
-            state = pickle.load(f)
-        if not isinstance(state, dict) or state.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a segue bandit model ({_FORMAT})")
+        state = read_state(path, _FORMAT, "bandit model")
         bandit = cls(**state["params"])
         bandit._ws.finish()
         with tempfile.TemporaryDirectory() as tmp:

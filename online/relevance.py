@@ -53,7 +53,6 @@ True
 from __future__ import annotations
 
 import math
-import pickle
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import chain
 from pathlib import Path
@@ -63,6 +62,7 @@ import numpy as np
 from river import facto, optim, utils
 
 from feedback.events import Context
+from online._statefile import read_state, write_state
 from online.items import Item
 
 __all__ = ["RelevanceModel", "encode_context"]
@@ -464,22 +464,17 @@ class RelevanceModel:
     def dump(self, path: Path) -> None:
         """Write the model to ``path`` (a pickle: load only files segue wrote)."""
         state = {
-            "format": _FORMAT,
             "params": self._params(),
             "fm": self._fm,
             "n_learned": self.n_learned,
             "touched": sorted(self._touched),
         }
-        with Path(path).open("wb") as f:
-            pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
+        write_state(path, _FORMAT, state)
 
     @classmethod
     def load(cls, path: Path) -> RelevanceModel:
         """Read a model written by :meth:`dump`; it predicts and learns exactly as before."""
-        with Path(path).open("rb") as f:
-            state = pickle.load(f)
-        if not isinstance(state, dict) or state.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a segue relevance model ({_FORMAT})")
+        state = read_state(path, _FORMAT, "relevance model")
         model = cls(**state["params"])
         model._fm = state["fm"]
         model.n_learned = state["n_learned"]
