@@ -433,7 +433,14 @@ class BanditReranker:
         # SquareCB regresses without 1/p, so its importance is w; MTR's is (1/p) * w.
         probability = 1.0 / w if self.exploration == "squarecb" else propensity / w
         label = {"Cost": -float(reward), "Probability": probability}
-        self._ws.learn(self._example(shared, features, label))
+        # The binding under Workspace.learn: its wrapper builds a Python Example per line and
+        # re-checks types, which costs as much as VW's parse and update of this one action.
+        ws = self._ws
+        exs = ws._parse(self._example(shared, features, label))
+        try:
+            pylibvw.vw.learn_multi(ws, exs)
+        finally:
+            pylibvw.vw._finish_example_multi_ex(ws, exs)
         self.n_learned += 1
 
     def predict_one(self, shared: Mapping[str, Any], features: Mapping[str, float]) -> float:
