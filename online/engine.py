@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from river import metrics as river_metrics
 
 from feedback.attribution import JoinOutput, RewardJoiner
 from feedback.decisions import DecisionLog, InMemoryDecisionLog
@@ -50,6 +49,7 @@ from online.bandit import BanditReranker, Candidate
 from online.catalog import Catalog
 from online.decay import decay_weight
 from online.items import Item
+from online.quality import ProgressiveQuality
 from online.recommendation import Recommendation, RecommendedItem
 from online.relevance import RelevanceModel
 from online.retrieval import HNSWRetriever
@@ -248,9 +248,7 @@ class Engine:
     def _reset_quality(self) -> None:
         # progressive validation since the last snapshot: every relevance sample is scored
         # before it is learned; the bandit's on-policy reward over impressed slots
-        self._pv_logloss = river_metrics.LogLoss()
-        self._pv_auc = river_metrics.ROCAUC()
-        self._pv_n = 0
+        self._pv = ProgressiveQuality()
         self._bandit_reward = 0.0
         self._bandit_n = 0
 
@@ -259,10 +257,10 @@ class Engine:
         and the bandit's mean reward per impressed slot (the snapshot manifest's metrics)."""
         with self.lock:
             out: dict[str, float] = {}
-            if self._pv_n:
-                out["relevance_logloss"] = float(self._pv_logloss.get())
-                out["relevance_auc"] = float(self._pv_auc.get())
-                out["relevance_samples"] = float(self._pv_n)
+            if self._pv.n:
+                out["relevance_logloss"] = self._pv.logloss()
+                out["relevance_auc"] = self._pv.auc()
+                out["relevance_samples"] = float(self._pv.n)
             if self._bandit_n:
                 out["bandit_reward"] = self._bandit_reward / self._bandit_n
                 out["bandit_samples"] = float(self._bandit_n)
@@ -658,17 +656,18 @@ class Engine:
         wm = self._joiner.watermark
         half_life = self.learner_settings.half_life_s
         items = self.catalog.get_many([sample.item_id for sample in out.relevance])
+        learn = self._relevance.learn_one
+        pv_y: list[bool] = []
+        pv_p: list[float] = []
         for sample, item in zip(out.relevance, items, strict=True):
             if item is None:
                 continue  # an item the catalog never had: nothing to attach features to
             w = decay_weight(sample.event_time, wm if wm is not None else 0.0, half_life)
-            p = self._relevance.predict_one(sample.user_id, item, sample.context)
-            positive = sample.reward >= 0.5
-            self._pv_logloss.update(positive, p)
-            self._pv_auc.update(positive, p)
-            self._pv_n += 1
-            self._relevance.learn_one(sample.user_id, item, sample.reward, sample.context, w)
+            # progressive validation: the served prediction before learning this sample
+            pv_p.append(learn(sample.user_id, item, sample.reward, sample.context, w))
+            pv_y.append(sample.reward >= 0.5)
             report.relevance_samples += 1
+        self._pv.update(pv_y, pv_p)
         for bs in out.bandit:
             if not bs.features:
                 continue  # a slot placed without the bandit (the relevance-only baseline)

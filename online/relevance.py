@@ -141,6 +141,9 @@ class _VectorFM(facto.FMClassifier):
     ``sum_{j<l} <v_j, v_l> x_j x_l = (|sum_j v_j x_j|^2 - sum_j |v_j x_j|^2) / 2``.
     """
 
+    served_logit: float | None = None
+    """The logit :class:`RelevanceModel` served for the last learned sample, before the step."""
+
     def _learn_one(self, x: dict, y: Any, w: float = 1.0) -> None:
         """River's ``_learn_one`` step for step, without its per-call dispatch.
 
@@ -149,17 +152,36 @@ class _VectorFM(facto.FMClassifier):
         """
         wopt, lopt = self.weight_optimizer, self.latent_optimizer
         if type(wopt) is not optim.SGD or type(lopt) is not optim.SGD:
+            known = {j: xj for j, xj in x.items() if j in self.latents}
+            self.served_logit = float(
+                self.intercept
+                + utils.math.dot(x, self.weights)
+                + (self._calculate_interactions(known) if known else 0.0)
+            )
             super()._learn_one(x, y, w=w)
             return
         # River's _raw_dot, with the latent matrix stacked once for the update below too
         latents, keys = self.latents, list(x)
+        unseen = [j for j in keys if j not in latents]
         V = np.stack([latents[j] for j in keys])  # creates unseen latents, as River does
         X = np.fromiter(x.values(), dtype=float, count=len(x))
         VX = V * X[:, None]
         t = VX.sum(axis=0)
         y_pred = self.intercept
         y_pred += utils.math.dot(x, self.weights)
+        base = y_pred
         y_pred += 0.5 * float(t @ t - np.einsum("ij,ij->", VX, VX))
+        # The logit serving gives before this step, for progressive validation without a second
+        # prediction: serving scores unseen features as zero vectors, not as the random latents
+        # River just drew for them (their weights are still 0 in both).
+        if unseen:
+            seen = np.array([j not in unseen for j in keys])
+            tk = VX[seen].sum(axis=0)
+            self.served_logit = float(
+                base + 0.5 * float(tk @ tk - np.einsum("ij,ij->", VX[seen], VX[seen]))
+            )
+        else:
+            self.served_logit = float(y_pred)
         g_loss = self.loss.gradient(y_true=y, y_pred=y_pred)
         g_loss = min(max(g_loss, -self.clip_gradient), self.clip_gradient)
         g_loss *= w
@@ -318,24 +340,29 @@ class RelevanceModel:
 
     def learn_one(
         self, user: str, item: Item, reward: float, context: Context, w: float = 1.0
-    ) -> None:
+    ) -> float:
         """One SGD step towards ``reward`` (a soft label in [0, 1]) with sample weight ``w``.
 
-        ``w = 0`` is a no-op. The inputs are never mutated.
+        Returns :meth:`predict_one` as it was *before* the step (up to float round-off), for
+        progressive validation at no extra cost. ``w = 0`` is a no-op. The inputs are never
+        mutated.
         """
         if not 0.0 <= reward <= 1.0:
             raise ValueError(f"reward must be in [0, 1], got {reward!r}")
         if not (w >= 0.0 and math.isfinite(w)):
             raise ValueError(f"w must be finite and >= 0, got {w!r}")
         if w == 0.0:
-            return
+            return self.predict_one(user, item, context)
         item_keys = self.item_features(item)
         keys = self.user_features(user, context) + item_keys
+        fm = self._fm
+        fm.served_logit = None
         # All features are one-hot with value 1; numeric values keep River from re-encoding.
-        self._fm.learn_one(dict.fromkeys(keys, 1), float(reward), w=float(w))
+        fm.learn_one(dict.fromkeys(keys, 1), float(reward), w=float(w))
         self.n_learned += 1
         self._touched.update(item_keys)
         self._sync(keys)
+        return _sigmoid(fm.served_logit or 0.0)
 
     def pop_touched(self) -> set[str]:
         """Item-side keys (``i:<id>``, ``a:<artist>``, ``g:<genre>``) changed since the last call.

@@ -163,3 +163,24 @@ def test_encode_context_rules():
     assert encode_context({"history": 300, "balance": -3.0}) == ["balance~-2", "history~8"]
     assert encode_context({"premium": False, "x": float("nan"), "y": None}) == ["premium=false"]
     assert encode_context({"device": "ios", "hour": 3}, keys=["device"]) == ["device=ios"]
+
+
+@pytest.mark.parametrize("sgd", [True, False])
+def test_learn_one_returns_the_prediction_served_before_the_step(sgd):
+    """Progressive validation reads learn_one's answer; it must be what predict_one said before
+    learning, also when the sample brings features never seen (new listener, item, artist)."""
+    from river import optim
+
+    model = RelevanceModel(n_factors=6, seed=3)
+    if not sgd:  # River's own update path (any other optimizer) keeps the contract too
+        model._fm.weight_optimizer = optim.Adam(0.01)
+    items = catalog(40)
+    rng = np.random.default_rng(3)
+    for step in range(400):
+        user = f"u{int(rng.integers(30))}"
+        item = items[int(rng.integers(len(items)))]
+        ctx = {"device": ("ios", "web")[step % 2], "hour": int(rng.integers(24))}
+        before = model.predict_one(user, item, ctx)
+        w = float(rng.choice([0.0, 0.5, 1.0]))
+        got = model.learn_one(user, item, float(rng.random()), ctx, w=w)
+        assert got == pytest.approx(before, abs=1e-12)
