@@ -16,12 +16,16 @@ run on the same log in every round, so the reader sees where the time goes:
   (reward join, popularity, exposure, sessions, transitions, index refresh);
 * ``full``: the learner as it runs in the service (River relevance model + VW bandit).
 
+Like ``segue learn``, each run freezes the heap once the engine is loaded (``online.heap``);
+``--no-freeze-heap`` measures without that.
+
     python benchmarks/bench_learner.py --items 50000 --lists 3000 --runs 3
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import tempfile
@@ -40,6 +44,7 @@ from feedback.log import SQLEventLog
 from online.catalog import Catalog
 from online.demo import generate_demo_catalog
 from online.engine import Engine
+from online.heap import freeze_heap
 from online.learner import Learner
 from online.settings import EngineSettings, LearnerSettings
 
@@ -96,8 +101,7 @@ class _NoModels:
 
     def __enter__(self) -> None:
         rel, bandit = self.engine.relevance, self.engine.bandit
-        rel.learn_one = lambda *a, **k: None  # type: ignore[method-assign]
-        rel.predict_one = lambda *a, **k: 0.5  # type: ignore[method-assign]
+        rel.learn_one = lambda *a, **k: 0.5  # type: ignore[method-assign]
         bandit.learn_one = lambda *a, **k: None  # type: ignore[method-assign]
 
     def __exit__(self, *exc: object) -> None:
@@ -114,6 +118,11 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=2000)
     ap.add_argument("--gap", type=float, default=2.0, help="event-time seconds between lists")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument(
+        "--no-freeze-heap",
+        action="store_true",
+        help="leave the loaded engine in the garbage collector's sight (segue learn freezes it)",
+    )
     args = ap.parse_args()
     print(f"machine: {machine()}")
 
@@ -161,10 +170,13 @@ def main() -> None:
                 decision_log = InMemoryDecisionLog(ttl_s=learner_settings.decision_ttl_s)
                 for d in decisions:
                     decision_log.put(d)
+                gc.unfreeze()  # the previous variant's engine may go now
                 fresh = Engine.load(
                     snapshot, catalog, settings, learner_settings, decisions=decision_log
                 )
                 fresh.offset = 0
+                if not args.no_freeze_heap:
+                    freeze_heap()  # as `segue learn` does once its engine is loaded
                 learner = Learner(fresh, log)
                 if variant == "join + counters":
                     _NoModels(fresh).__enter__()

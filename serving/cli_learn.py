@@ -37,6 +37,7 @@ def learn(
     from feedback.decisions import DecisionLog, InMemoryDecisionLog, RedisDecisionLog
     from feedback.log import SQLEventLog
     from online.catalog import Catalog
+    from online.heap import freeze_heap, refreeze_later
     from online.learner import Learner, open_engine
     from snapshots import CutSchedule, SnapshotStore
     from snapshots.guard import PromotionGuard
@@ -77,8 +78,13 @@ def learn(
         guard=PromotionGuard.from_settings(settings.snapshot),
     )
     engine = open_engine(catalog, store, settings.engine, settings.learner, decisions=decisions)
+    freeze_heap()
     learner = Learner(
-        engine, log, store=store, schedule=CutSchedule.from_settings(settings.snapshot)
+        engine,
+        log,
+        store=store,
+        schedule=CutSchedule.from_settings(settings.snapshot),
+        on_swap=lambda _engine: refreeze_later(),
     )
     typer.echo(f"learning from offset {engine.offset} as {engine.model_version}")
     if once:

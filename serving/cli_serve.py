@@ -30,8 +30,8 @@ def serve(
     """Run the HTTP service. Example: segue serve --port 8000 --demo"""
     import uvicorn
 
+    from online.heap import freeze_heap
     from serving.app import create_app
-    from serving.services import freeze_heap
 
     try:
         settings = load_settings()

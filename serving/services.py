@@ -28,6 +28,7 @@ from feedback.log import SQLEventLog
 from online.catalog import Catalog
 from online.demo import generate_demo_catalog
 from online.engine import Engine
+from online.heap import refreeze_later
 from online.learner import Learner, StepReport, open_engine
 from serving.metrics import Metrics
 from serving.recommender import Recommender
@@ -199,7 +200,7 @@ class Services:
         self.metrics.model_info.labels(engine.model_version).set(1)
         self.refresh_popular()
         if gc.get_freeze_count():
-            _refreeze_later()
+            refreeze_later()
         phases = dict(timings or {})
         phases["popular"] = time.perf_counter() - started
         detail = " ".join(f"{name}={seconds:.3f}" for name, seconds in phases.items())
@@ -252,26 +253,6 @@ class Services:
         if close_decisions is not None:
             close_decisions()
         self.log.close()
-
-
-def freeze_heap() -> None:
-    """Move the long-lived model state out of the garbage collector's sight (``segue serve``
-    calls this once the service is built).
-
-    A million-item engine is millions of Python objects; a full collection walks them all and
-    stalls every request for hundreds of milliseconds. Frozen objects are never scanned.
-    """
-    gc.collect()
-    gc.freeze()
-
-
-def _refreeze_later(delay_s: float = 5.0) -> None:
-    """After a swap: unfreeze so the replaced engine can be freed once nothing refers to it
-    (requests in flight and the swapping thread still do), then collect and freeze again."""
-    gc.unfreeze()
-    timer = threading.Timer(delay_s, freeze_heap)
-    timer.daemon = True
-    timer.start()
 
 
 def get_services(request: Request) -> Services:
