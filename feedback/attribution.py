@@ -138,17 +138,45 @@ class BanditSample:
     decision_time: float
 
 
+@dataclass(frozen=True, slots=True)
+class DecisionOutcome:
+    """A served list once its window closed: what was shown and what each slot earned.
+
+    The logged bandit feedback of off-policy evaluation (``segue feedback export-decisions``
+    writes :meth:`to_dict` as JSON lines, ``simulations.loaders.load_decision_log`` reads
+    them). ``impressed`` lists the positions shown; ``rewards`` is aligned with the slate
+    (the reward each impressed slot was learned with; the default reward where nothing was
+    shown, which the loader skips). Only lists with at least one impression are reported.
+    """
+
+    decision: Decision
+    impressed: tuple[int, ...]
+    rewards: tuple[float, ...]
+    closed_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """``Decision.to_dict()`` plus ``impressed``, ``rewards`` and ``closed_at``."""
+        out = self.decision.to_dict()
+        out["impressed"] = list(self.impressed)
+        out["rewards"] = list(self.rewards)
+        out["closed_at"] = self.closed_at
+        return out
+
+
 @dataclass(slots=True)
 class JoinOutput:
-    """The samples one call of the joiner produced, in emission order."""
+    """The samples one call of the joiner produced, in emission order, and the lists whose
+    windows closed (``outcomes``; not samples, not counted by ``len``)."""
 
     relevance: list[RelevanceSample] = field(default_factory=list)
     bandit: list[BanditSample] = field(default_factory=list)
+    outcomes: list[DecisionOutcome] = field(default_factory=list)
 
     def extend(self, other: JoinOutput) -> None:
-        """Append ``other``'s samples to these."""
+        """Append ``other``'s samples and outcomes to these."""
         self.relevance.extend(other.relevance)
         self.bandit.extend(other.bandit)
+        self.outcomes.extend(other.outcomes)
 
     def __len__(self) -> int:
         return len(self.relevance) + len(self.bandit)
@@ -463,6 +491,7 @@ class RewardJoiner:
 
     def _close(self, request_id: str, out: JoinOutput) -> None:
         pending = self._pending.pop(request_id)
+        self._report_outcome(pending, out)
         order = sorted(pending.slots, key=lambda item: (pending.entries[item].position, item))
         for item_id in order:
             slot = pending.slots[item_id]
@@ -482,6 +511,27 @@ class RewardJoiner:
                         slot.best_time,
                     )
                 )
+
+    def _report_outcome(self, pending: _Pending, out: JoinOutput) -> None:
+        default = self.reward.default_reward
+        impressed: list[int] = []
+        rewards: list[float] = []
+        for entry in pending.decision.slate:
+            slot = pending.slots.get(entry.item_id)
+            if slot is not None and slot.impressed_at is not None:
+                impressed.append(entry.position)
+                rewards.append(slot.best if slot.best is not None else default)
+            else:
+                rewards.append(default)
+        if impressed:
+            out.outcomes.append(
+                DecisionOutcome(
+                    decision=pending.decision,
+                    impressed=tuple(impressed),
+                    rewards=tuple(rewards),
+                    closed_at=self._watermark if self._watermark is not None else 0.0,
+                )
+            )
 
 
 def _relevance_of(event: Event, reward: float) -> RelevanceSample:

@@ -27,6 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from feedback import tables
+from feedback.attribution import DecisionOutcome
 from feedback.contract import Rejection
 from feedback.db import is_postgres, is_sqlite
 from feedback.events import Event, LoggedEvent
@@ -403,6 +404,63 @@ class SQLEventLog:
             events_by_type={k: int(v) for k, v in by_type.items()},
             dead_letters_by_code={k: int(v) for k, v in by_code.items()},
         )
+
+    def record_outcomes(self, outcomes: Sequence[DecisionOutcome]) -> None:
+        """Store closed lists for off-policy evaluation.
+
+        Idempotent on ``request_id``: a learner resuming from a snapshot reports the windows it
+        closes again, and they are stored once.
+        """
+        if not outcomes:
+            return
+        self.ensure_schema()
+        rows = [
+            {
+                "request_id": o.decision.request_id,
+                "decision_time": o.decision.timestamp,
+                "closed_at": o.closed_at,
+                "model_version": o.decision.model_version,
+                "payload": orjson.dumps(o.to_dict()).decode(),
+            }
+            for o in outcomes
+        ]
+        t = tables.decision_outcomes
+        with self._write_lock, self._engine.begin() as conn:
+            conn.execute(
+                self._insert(t).on_conflict_do_nothing(index_elements=["request_id"]), rows
+            )
+
+    def iter_outcomes(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        model_version: str | None = None,
+        batch: int = 5000,
+    ) -> Iterator[dict[str, Any]]:
+        """Stored outcomes (``DecisionOutcome.to_dict()`` form) in decision-time order, with
+        decision time in ``[since, until)`` and, if given, served by ``model_version``."""
+        self.ensure_schema()
+        t = tables.decision_outcomes
+        after: tuple[float, str] | None = None
+        while True:
+            query = sa.select(t.c.decision_time, t.c.request_id, t.c.payload)
+            if since is not None:
+                query = query.where(t.c.decision_time >= since)
+            if until is not None:
+                query = query.where(t.c.decision_time < until)
+            if model_version is not None:
+                query = query.where(t.c.model_version == model_version)
+            if after is not None:  # keyset paging: stable under concurrent inserts
+                query = query.where(sa.tuple_(t.c.decision_time, t.c.request_id) > after)
+            query = query.order_by(t.c.decision_time, t.c.request_id).limit(batch)
+            with self._engine.connect() as conn:
+                rows = conn.execute(query).all()
+            if not rows:
+                return
+            for _, _, payload in rows:
+                yield orjson.loads(payload)
+            after = (rows[-1][0], rows[-1][1])
 
     def dead_letters(
         self,

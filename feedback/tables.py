@@ -54,3 +54,15 @@ dead_letters = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("payload", sa.Text, nullable=False),
 )
+
+decision_outcomes = sa.Table(
+    "segue_decision_outcomes",
+    METADATA,
+    # Written by the learner when a list's attribution window closes; a learner that restarts
+    # from a snapshot closes the same windows again, so the request id makes it idempotent.
+    sa.Column("request_id", sa.String(128), primary_key=True),
+    sa.Column("decision_time", sa.Float(precision=53), nullable=False, index=True),
+    sa.Column("closed_at", sa.Float(precision=53), nullable=False),
+    sa.Column("model_version", sa.String(128), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+)

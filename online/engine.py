@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from feedback.attribution import JoinOutput, RewardJoiner
+from feedback.attribution import DecisionOutcome, JoinOutput, RewardJoiner
 from feedback.decisions import DecisionLog, InMemoryDecisionLog
 from feedback.events import Context, Decision, Event, SlateEntry
 from feedback.rewards import RewardFunction
@@ -243,6 +243,9 @@ class Engine:
         self.offset = 0  # the last log offset learned
         self.events_learned = 0
         self.learned_since_base = 0
+        # closed lists (DecisionOutcome) for the learner to store, only while one asks for them
+        self.keep_outcomes = False
+        self._outcomes: list[DecisionOutcome] = []
         self._reset_quality()
 
     def _reset_quality(self) -> None:
@@ -637,6 +640,8 @@ class Engine:
                 if ev.type == "impression":
                     self._exposure.learn_one(ev, self.catalog.artist_of(ev.item_id) or None)
             self._learn_samples(out, report)
+            if self.keep_outcomes:
+                self._outcomes.extend(out.outcomes)
             self._time(events[-1].timestamp)
             self.events_learned += len(events)
             self.learned_since_base += len(events)
@@ -649,8 +654,21 @@ class Engine:
         """Close every open attribution window (end of a replay)."""
         report = LearnReport()
         with self.lock:
-            self._learn_samples(self._joiner.flush(), report)
+            out = self._joiner.flush()
+            self._learn_samples(out, report)
+            if self.keep_outcomes:
+                self._outcomes.extend(out.outcomes)
         return report
+
+    def outcomes(self) -> list[DecisionOutcome]:
+        """The lists whose windows closed since :meth:`clear_outcomes` (with ``keep_outcomes``)."""
+        with self.lock:
+            return list(self._outcomes)
+
+    def clear_outcomes(self, n: int) -> None:
+        """Forget the first ``n`` of :meth:`outcomes` (once they are stored)."""
+        with self.lock:
+            del self._outcomes[:n]
 
     def _learn_samples(self, out: JoinOutput, report: LearnReport) -> None:
         wm = self._joiner.watermark

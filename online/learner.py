@@ -25,9 +25,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from feedback.attribution import DecisionOutcome
 from feedback.decisions import DecisionLog
 from feedback.log import EventLog
 from online.catalog import Catalog
@@ -115,6 +116,10 @@ class Learner:
         self.schedule = schedule
         self.sessions = sessions
         self._on_swap = on_swap
+        # logs that keep closed lists for off-policy evaluation (SQLEventLog) get them
+        self._record_outcomes: Callable[[Sequence[DecisionOutcome]], None] | None = getattr(
+            log, "record_outcomes", None
+        )
         self._on_step = on_step
         self._events_since_cut = 0
         self._pending: CurrentPointer | None = None
@@ -140,12 +145,15 @@ class Learner:
                 self._swap(pointer)
                 self._pending = None
                 report.swapped_to = pointer.version
+        self._store_outcomes()  # any a failed write left behind, before more are made
+        self.engine.keep_outcomes = self._record_outcomes is not None
         batch = self.log.read(self.engine.offset, self.settings.read_batch)
         chunk = self.settings.lock_chunk
         for start in range(0, len(batch), chunk):
             if start and self._moved():
                 # an operator moved CURRENT: obey it at the next step rather than after the
                 # whole batch (the rest of the batch is read again from the new state's offset)
+                self._store_outcomes()
                 return self._report(report)
             part = batch[start : start + chunk]
             learned = self.engine.learn(
@@ -154,6 +162,7 @@ class Learner:
             report.events += learned.events
             report.relevance_samples += learned.relevance_samples
             report.bandit_samples += learned.bandit_samples
+        self._store_outcomes()
         if batch:
             now = time.monotonic()
             if now - self._last_refresh >= self.settings.index_refresh_interval_s:
@@ -165,6 +174,20 @@ class Learner:
             if self.schedule.due() and self._events_since_cut:
                 report.cut = self.cut()
         return self._report(report)
+
+    def _store_outcomes(self) -> None:
+        """Write the lists whose windows closed to the log's outcome table, if it has one.
+
+        They leave the engine's buffer only once written: a failed write is retried at the
+        next step. They are written before any snapshot that includes them is cut, and the
+        table ignores a request id it holds, so a restart stores each list exactly once.
+        """
+        if self._record_outcomes is None:
+            return
+        outcomes = self.engine.outcomes()
+        if outcomes:
+            self._record_outcomes(outcomes)
+            self.engine.clear_outcomes(len(outcomes))
 
     def _report(self, report: StepReport) -> StepReport:
         if self._on_step is not None:

@@ -119,3 +119,36 @@ def export(
             out.close()
     if str(file) != "-":
         typer.echo(f"wrote {n} events to {file}")
+
+
+@app.command("export-decisions")
+def export_decisions(
+    file: Annotated[Path, typer.Argument(help="JSONL file to write ('-': stdout).")],
+    since: Annotated[str | None, typer.Option(help="Served at or after (ISO 8601).")] = None,
+    until: Annotated[str | None, typer.Option(help="Served before (ISO 8601).")] = None,
+    model_version: Annotated[
+        str | None, typer.Option(help="Only lists served by this model version.")
+    ] = None,
+) -> None:
+    """Write the served lists whose attribution windows closed, with the propensities served
+    and the rewards learned, as JSONL in serving order (what 'segue ope' reads).
+
+    The learner stores a list when its window closes (SEGUE_LEARNER_ATTRIBUTION_WINDOW_S
+    after it was served); lists never shown are left out.
+
+    Example: segue feedback export-decisions decisions.jsonl && segue ope decisions.jsonl
+    """
+    log = _open_log()
+    out = sys.stdout.buffer if str(file) == "-" else file.open("wb")
+    n = 0
+    try:
+        for row in log.iter_outcomes(
+            since=_when(since), until=_when(until), model_version=model_version
+        ):
+            out.write(orjson.dumps(row) + b"\n")
+            n += 1
+    finally:
+        if out is not sys.stdout.buffer:
+            out.close()
+    if str(file) != "-":
+        typer.echo(f"wrote {n} lists to {file}")

@@ -331,7 +331,8 @@ def load_open_bandit(
 
 
 def load_decision_log(path: str | Path) -> LoggedBanditData:
-    """segue's decision-log export: JSON lines of ``Decision.to_dict()`` plus outcomes.
+    """segue's decision-log export: JSON lines of ``Decision.to_dict()`` plus outcomes, as
+    ``segue feedback export-decisions`` writes them (``DecisionOutcome.to_dict()``).
 
     Each line is a served list with its outcome, given by any one of:
 

@@ -10,7 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from feedback.attribution import BanditSample, JoinOutput, RelevanceSample, RewardJoiner
+from feedback.attribution import (
+    BanditSample,
+    DecisionOutcome,
+    JoinOutput,
+    RelevanceSample,
+    RewardJoiner,
+)
 from feedback.decisions import InMemoryDecisionLog, RedisDecisionLog
 from feedback.events import Decision, Event, SlateEntry
 from feedback.rewards import RewardFunction
@@ -83,6 +89,38 @@ def run(joiner: RewardJoiner, events: list[Event], flush: bool = True) -> JoinOu
 
 
 # -- one rule at a time ---------------------------------------------------------------------
+
+
+def test_a_closed_list_reports_what_was_shown_and_what_each_slot_earned(
+    log: InMemoryDecisionLog, joiner: RewardJoiner
+) -> None:
+    log.put(decision("r2", 1000.0, items="xyz"))  # served, never shown: no outcome
+    out = run(
+        joiner,
+        [
+            ev("impression", "a", 1001.0, position=0),
+            ev("impression", "b", 1001.0, position=1),
+            full_play("b", 1010.0),  # emitted at once: the outcome still says 1.0
+            partial_play("c", 1020.0, 50_000),  # c was never shown: its slot stays default
+            ev("impression", "x", 1001.0, request_id="r9", position=0),  # unknown list
+        ],
+        flush=False,
+    )
+    assert out.outcomes == []  # the window is still open
+    closing = joiner.advance(1000.0 + WINDOW)
+    assert closing.outcomes == [
+        DecisionOutcome(
+            decision=log.get("r1"),
+            impressed=(0, 1),
+            rewards=(0.0, 1.0, 0.0),
+            closed_at=1000.0 + WINDOW,
+        )
+    ]
+    row = closing.outcomes[0].to_dict()
+    assert row["request_id"] == "r1" and row["impressed"] == [0, 1]
+    assert row["rewards"] == [0.0, 1.0, 0.0]
+    assert [e["propensity"] for e in row["slate"]] == [0.5, 0.6, 0.7]
+    assert not joiner.flush().outcomes  # r2 was never shown; r1 reported once
 
 
 def test_full_play_is_joined_at_once_with_served_features(joiner: RewardJoiner) -> None:
@@ -420,6 +458,7 @@ def test_restart_mid_stream_gives_the_same_outputs(
     got.extend(second.flush())
     assert got.relevance == expected.relevance
     assert got.bandit == expected.bandit
+    assert got.outcomes == expected.outcomes
     assert second.stats == whole.stats
     assert second.watermark == whole.watermark
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import threading
 
+from feedback.attribution import DecisionOutcome
 from feedback.contract import Rejection
 from feedback.db import create_db_engine
-from feedback.events import Event
+from feedback.events import Decision, Event, SlateEntry
 from feedback.log import SQLEventLog
 
 T0 = 1_795_000_000.0
@@ -126,3 +127,27 @@ def test_concurrent_appenders_never_interleave_offsets_out_of_commit_order(db_ur
         assert positions == list(range(positions[0], positions[0] + 20))
     for log in logs:
         log.close()
+
+
+def test_closed_lists_are_stored_once_and_read_in_decision_time_order(event_log: SQLEventLog):
+    def outcome(request_id: str, t: float, version: str = "v1") -> DecisionOutcome:
+        slate = (
+            SlateEntry("a", 0, 0.9, 0.5, False, {"rel": 0.9, "pos": 0.0}),
+            SlateEntry("b", 1, 0.8, 0.25, True, {"rel": 0.8, "pos": 0.6931}),
+        )
+        decision = Decision(request_id, "u1", t, version, slate, {"device": "ios"}, {"hour": 9})
+        return DecisionOutcome(decision, impressed=(0, 1), rewards=(0.0, 1.0), closed_at=t + 60)
+
+    first = [outcome("r3", 30.0), outcome("r1", 10.0), outcome("r2", 20.0, "v2")]
+    event_log.record_outcomes(first)
+    event_log.record_outcomes([outcome("r1", 10.0), outcome("r4", 40.0)])  # r1 again: ignored
+    event_log.record_outcomes([])
+    rows = list(event_log.iter_outcomes(batch=2))
+    assert [r["request_id"] for r in rows] == ["r1", "r2", "r3", "r4"]
+    assert rows[0] == outcome("r1", 10.0).to_dict()
+    assert rows[0]["slate"][1]["propensity"] == 0.25 and rows[0]["rewards"] == [0.0, 1.0]
+    assert [r["request_id"] for r in event_log.iter_outcomes(since=20.0, until=40.0)] == [
+        "r2",
+        "r3",
+    ]
+    assert [r["request_id"] for r in event_log.iter_outcomes(model_version="v2")] == ["r2"]

@@ -86,31 +86,42 @@ def test_catalog_import_reports_rejected_rows(data_dir: Path, tmp_path: Path, mo
     assert runner.invoke(app, ["catalog", "stats"]).output.startswith("items: 1, available: 1")
 
 
-def test_ope_evaluates_a_snapshot_against_the_logged_policy(
+def test_ope_evaluates_a_snapshot_on_the_lists_the_service_logged(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    """A researcher evaluates a model snapshot on the decisions a service logged."""
+    """A researcher exports the lists a service served (with their propensities and rewards,
+    stored by the learner) and evaluates a model snapshot on them."""
     monkeypatch.setenv("SEGUE_EMBEDDING_DIM", "16")
     data_dir.mkdir(parents=True, exist_ok=True)
     catalog = Catalog(f"sqlite:///{(data_dir / 'segue.db').resolve()}", embedding_dim=16)
     catalog.upsert(generate_demo_catalog(400, n_artists=40, n_genres=8, dim=16, seed=7, now=T0))
     engine = make_engine(catalog)
     world = World(catalog)
-    lines = []
+    log = _log(data_dir)
+    impressions = 0
     for step in range(80):
         user = f"u{step % 6}"
         rec = engine.recommend(user, 5, {"device": "ios"}, now=world.t)
-        decision = engine.decisions.get(rec.request_id)
-        assert decision is not None
         events = world.respond(user, rec.request_id, rec.item_ids)
-        played = {e.item_id for e in events if e.type == "play"}
-        lines.append(json.dumps({**decision.to_dict(), "played": sorted(played)}))
-        engine.learn(events)
-    log_file = tmp_path / "decisions.jsonl"
-    log_file.write_text("\n".join(lines) + "\n")
+        impressions += sum(e.type == "impression" for e in events)
+        log.append(events)
+    # a later organic play moves event time past every list's attribution window
+    window = engine.learner_settings.attribution_window_s
+    log.append([Event("late", "play", "u0", rec.item_ids[0], world.t + 2 * window)])
     store = SnapshotStore(data_dir / "snapshots")
-    result = Learner(engine, _log(data_dir), store=store).cut()
+    learner = Learner(engine, log, store=store)
+    learner.run_until_caught_up()
+    result = learner.cut()
     assert result is not None and result.promoted
+
+    log_file = tmp_path / "decisions.jsonl"
+    r = runner.invoke(app, ["feedback", "export-decisions", str(log_file)])
+    assert r.exit_code == 0, r.output
+    assert r.output.strip() == f"wrote 80 lists to {log_file}"
+    rows = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert sum(len(row["impressed"]) for row in rows) == impressions
+    assert all(0 < e["propensity"] <= 1 for row in rows for e in row["slate"])
+
     out = tmp_path / "ope"
     r = runner.invoke(
         app,
