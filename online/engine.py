@@ -51,6 +51,7 @@ from online.decay import decay_weight
 from online.items import Item
 from online.quality import ProgressiveQuality
 from online.recommendation import Recommendation, RecommendedItem
+from online.redis_sessions import RedisSessions
 from online.relevance import RelevanceModel
 from online.retrieval import HNSWRetriever
 from online.settings import EngineSettings, LearnerSettings
@@ -189,6 +190,7 @@ class Engine:
         decisions: DecisionLog | None = None,
         base_version: str = "v0",
         content_index: ContentIndex | None = None,
+        sessions: RedisSessions | None = None,
     ) -> None:
         self.catalog = catalog
         self.settings = settings or EngineSettings()
@@ -217,7 +219,10 @@ class Engine:
         )
         self._popularity = Popularity(half_life_s=s.popularity_half_life_s)
         self._exposure = Exposure(half_life_s=s.exposure_half_life_s)
-        self._sessions = Sessions(max_len=s.session_length)
+        # listener sessions: in the engine, or shared in Redis by every serving process
+        self._sessions: Sessions | RedisSessions = (
+            sessions if sessions is not None else Sessions(max_len=s.session_length)
+        )
         self._transitions = Transitions()
         self._joiner = RewardJoiner(
             self.decisions,
@@ -612,9 +617,18 @@ class Engine:
 
     # -- learning ---------------------------------------------------------------------------
 
+    @property
+    def shared_sessions(self) -> RedisSessions | None:
+        """The Redis session store this engine shares with others, if any."""
+        return self._sessions if isinstance(self._sessions, RedisSessions) else None
+
     def observe_sessions(self, events: Iterable[Event]) -> None:
         """Record plays in the listeners' sessions at once (the intake calls this), so the next
         request reflects them before any model update."""
+        shared = self.shared_sessions
+        if shared is not None:  # one round trip to Redis, not under the engine lock
+            shared.add_events(events)
+            return
         with self.lock:
             for ev in events:
                 if ev.type == "play":
@@ -630,12 +644,15 @@ class Engine:
         report = LearnReport(events=len(events))
         if not events:
             return report
+        shared = self.shared_sessions
+        if sessions and shared is not None:
+            shared.add_events(events)  # its own round trip, outside the engine lock
         with self.lock:
             out = self._joiner.process_many(events)
             for ev in events:
                 self._popularity.learn_one(ev)
                 self._transitions.learn_one(ev)
-                if sessions:
+                if sessions and shared is None:
                     self._sessions.learn_one(ev)
                 if ev.type == "impression":
                     self._exposure.learn_one(ev, self.catalog.artist_of(ev.item_id) or None)
@@ -810,6 +827,7 @@ class Engine:
         content_index: ContentIndex | None = None,
         timings: dict[str, float] | None = None,
         defer_cf_index: bool = False,
+        sessions: RedisSessions | None = None,
     ) -> Engine:
         """An engine with the state of a snapshot directory, at ``version``.
 
@@ -855,6 +873,7 @@ class Engine:
                 decisions=decisions,
                 base_version=version,
                 content_index=content_index,
+                sessions=sessions,
             )
             spent["engine"] = clock() - started
 
@@ -913,11 +932,14 @@ class Engine:
         return engine
 
     def stats(self) -> Mapping[str, Any]:
-        return {
-            "model_version": self.model_version,
-            "offset": self.offset,
-            "events_learned": self.events_learned,
-            "watermark": self.watermark,
-            "join": self.join_stats,
-            "index": self.index_lag(),
-        }
+        # under the lock: the join counters move mid-chunk, the offset and event count at its
+        # end, and a reader must not see one without the other
+        with self.lock:
+            return {
+                "model_version": self.model_version,
+                "offset": self.offset,
+                "events_learned": self.events_learned,
+                "watermark": self.watermark,
+                "join": self.join_stats,
+                "index": self.index_lag(),
+            }

@@ -33,6 +33,7 @@ from feedback.decisions import DecisionLog
 from feedback.log import EventLog
 from online.catalog import Catalog
 from online.engine import ContentIndex, Engine
+from online.redis_sessions import RedisSessions
 from online.settings import EngineSettings, LearnerSettings
 from snapshots import CommitResult, CurrentPointer, CutSchedule, SnapshotStore, settings_hash
 
@@ -61,6 +62,7 @@ def open_engine(
     content_index: ContentIndex | None = None,
     timings: dict[str, float] | None = None,
     defer_cf_index: bool = False,
+    sessions: RedisSessions | None = None,
 ) -> Engine:
     """The engine to start from: ``CURRENT``'s snapshot (verified), or a fresh one.
 
@@ -73,7 +75,12 @@ def open_engine(
         timings["verify"] = time.perf_counter() - started
     if loaded is None:
         return Engine(
-            catalog, settings, learner_settings, decisions=decisions, content_index=content_index
+            catalog,
+            settings,
+            learner_settings,
+            decisions=decisions,
+            content_index=content_index,
+            sessions=sessions,
         )
     for version, reason in loaded.skipped:
         logger.error("snapshot %s refused: %s", version, reason)
@@ -87,6 +94,7 @@ def open_engine(
         content_index=content_index,
         timings=timings,
         defer_cf_index=defer_cf_index,
+        sessions=sessions,
     )
     engine.offset = loaded.resume_offset - 1  # read(after=offset) resumes at resume_offset
     return engine
@@ -284,6 +292,7 @@ class Learner:
             content_index=old.content_index,
             timings=timings,
             defer_cf_index=self.defer_index_on_swap,
+            sessions=old.shared_sessions,
         )
         if mode == "replay":
             new.offset = snapshot.manifest.offset - 1

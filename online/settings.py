@@ -103,6 +103,10 @@ class EngineSettings(BaseSettings):
     session_half_life_s: float = Field(1800.0, gt=0)
     """Half-life of a play's weight in the session vector."""
 
+    session_ttl_s: float = Field(86_400.0, gt=0)
+    """With sessions in Redis (``SEGUE_REDIS_URL`` set): a listener's session key expires this
+    long after their last play."""
+
 
 class LearnerSettings(BaseSettings):
     """How the learner reads the log and weighs what it learns."""

@@ -30,6 +30,7 @@ from online.demo import generate_demo_catalog
 from online.engine import Engine
 from online.heap import refreeze_later
 from online.learner import Learner, StepReport, open_engine
+from online.redis_sessions import RedisSessions
 from serving.metrics import Metrics
 from serving.recommender import Recommender
 from serving.settings import Settings
@@ -91,11 +92,19 @@ class Services:
                     n, dim=settings.embedding_dim, seed=settings.engine.seed, now=clock()
                 )
             )
+        sessions: RedisSessions | None = None
         if settings.redis_url:
             decisions: DecisionLog = RedisDecisionLog(
                 settings.redis_url,
                 prefix=settings.redis_prefix,
                 ttl_s=settings.learner.decision_ttl_s,
+            )
+            # every serving process sees the plays posted to any of them, across engine swaps
+            sessions = RedisSessions(
+                settings.redis_url,
+                prefix=settings.redis_prefix,
+                max_len=settings.engine.session_length,
+                ttl_s=settings.engine.session_ttl_s,
             )
         else:
             decisions = InMemoryDecisionLog(ttl_s=settings.learner.decision_ttl_s, clock=clock)
@@ -104,7 +113,14 @@ class Services:
             keep=settings.snapshot.keep,
             guard=PromotionGuard.from_settings(settings.snapshot),
         )
-        engine = open_engine(catalog, store, settings.engine, settings.learner, decisions=decisions)
+        engine = open_engine(
+            catalog,
+            store,
+            settings.engine,
+            settings.learner,
+            decisions=decisions,
+            sessions=sessions,
+        )
         services = cls(
             settings=settings,
             log=log,
@@ -171,6 +187,7 @@ class Services:
                         content_index=self.engine.content_index,
                         timings=timings,
                         defer_cf_index=True,
+                        sessions=self.engine.shared_sessions,
                     )
                     self.swap_engine(fresh, timings=timings)
                     retry = False
@@ -252,6 +269,8 @@ class Services:
         close_decisions = getattr(self.decisions, "close", None)
         if close_decisions is not None:
             close_decisions()
+        if self.engine.shared_sessions is not None:
+            self.engine.shared_sessions.close()
         self.log.close()
 
 

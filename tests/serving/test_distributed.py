@@ -74,3 +74,40 @@ def test_a_list_served_with_postgres_and_redis_is_attributed_and_learned(
     )
     assert other.get("/health/ready").json()["checks"]["catalog"] == "ok"
     r.close()
+
+
+def test_a_play_posted_to_one_process_shapes_the_next_list_from_another(
+    make_client: Callable[..., TestClient], postgres_url: str, redis_url: str, redis_prefix: str
+):
+    """Two serving processes behind one address: the session lives in Redis, so the list that
+    process B serves right after plays were posted to process A leaves the just-played out."""
+    common = {
+        "database_url": postgres_url,
+        "redis_url": redis_url,
+        "redis_prefix": redis_prefix,
+        "embedding_dim": 8,
+    }
+    a = make_client(**common)
+    a.post("/v1/items", json={"items": items(120)})
+    b = make_client(**common, data_dir=None)  # reads the catalog A wrote
+    ask = {"user_id": "ana", "k": 10, "explore": False}
+    before = [i["item_id"] for i in b.post("/v1/recommend", json=ask).json()["items"]]
+    played = before[:3]
+    plays = [
+        {
+            "event_id": f"p{n}",
+            "type": "play",
+            "user_id": "ana",
+            "item_id": item,
+            "timestamp": NOW_MS + n * 1000,
+            "played_ms": 180_000,
+            "duration_ms": 200_000,
+        }
+        for n, item in enumerate(played)
+    ]
+    assert a.post("/v1/feedback", json={"events": plays}).json()["accepted"] == 3
+    after = [i["item_id"] for i in b.post("/v1/recommend", json=ask).json()["items"]]
+    assert len(after) == 10
+    assert not set(played) & set(after)
+    session = redis.Redis.from_url(redis_url).zrange(f"{redis_prefix}session:ana", 0, -1)
+    assert [m.decode().split("\x1f")[0] for m in session] == played
