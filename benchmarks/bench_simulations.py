@@ -1,19 +1,25 @@
 """Throughput of the simulations: progressive replay and off-policy evaluation.
 
 - replay: 100,000 synthetic plays (5,000 items, 1,000 listeners) through the random and
-  popularity baselines, every play scored at k=10;
+  popularity baselines, every play scored at k=10; with ``--engine-eval-every n`` also through
+  the engine policies (relevance, segue) beside them, every n-th play scored. Replays spread
+  their policies over ``--jobs`` worker processes (default 2); ``--also-sequential`` times
+  ``jobs=1`` too, alternating with the other runs so both see the same machine load;
 - OPE: 1,000,000 logged rows (80 actions, 3 positions, uniform logging), a deterministic
   target, all four estimators with a 200-resample bootstrap (one ``estimate`` call), and the
   uniform target with per-position tables (``evaluate``).
 
-Run: ``.venv/bin/python benchmarks/bench_simulations.py [--repeats 3]``. Prints medians and
-writes ``benchmarks/out/bench_simulations.json``.
+Run: ``.venv/bin/python benchmarks/bench_simulations.py [--repeats 3] [--jobs 2]
+[--also-sequential] [--engine-eval-every 50]``. Prints medians (and the load average before and
+after, since other work on the machine shows in every figure) and writes
+``benchmarks/out/bench_simulations.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -38,6 +44,21 @@ def _time(fn, repeats: int) -> tuple[float, list[float]]:
     return statistics.median(times), times
 
 
+def _time_jobs(fn, jobs: list[int], repeats: int) -> dict[int, list[float]]:
+    """Times of ``fn(jobs=j)`` for every ``j``, alternating so all see the same load."""
+    times: dict[int, list[float]] = {j: [] for j in jobs}
+    for _ in range(repeats):
+        for j in jobs:
+            start = time.perf_counter()
+            fn(j)
+            times[j].append(time.perf_counter() - start)
+    return times
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -51,25 +72,45 @@ def main() -> None:
         help="also replay with the engine policies (relevance, segue) beside the baselines, "
         "scoring every n-th play (0: skip)",
     )
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="worker processes of each replay (default 2)"
+    )
+    parser.add_argument(
+        "--also-sequential",
+        action="store_true",
+        help="also time every replay with jobs=1, for comparison",
+    )
     args = parser.parse_args()
+    load_before = _load()
+    jobs = [args.jobs, *([1] if args.also_sequential and args.jobs != 1 else [])]
 
     log = synthetic_interactions(args.replay_events, n_users=1000, n_items=5000, seed=0)
-    replay_s, replay_all = _time(lambda: progressive_replay(log, k=10, seed=0), args.repeats)
+    replay_times = _time_jobs(
+        lambda j: progressive_replay(log, k=10, seed=0, jobs=j), jobs, args.repeats
+    )
+    replay_s = statistics.median(replay_times[args.jobs])
 
-    engine_s = None
+    engine_times: dict[int, list[float]] = {}
     if args.engine_eval_every:
-        from simulations.engine_policy import EnginePolicy
+        from simulations.engine_policy import engine_factory
         from simulations.loaders import catalog_from_interactions
 
         items = catalog_from_interactions(log)
 
-        def with_engine() -> None:
-            policies = {name: EnginePolicy(name, items, seed=0) for name in ("relevance", "segue")}
+        def with_engine(j: int) -> None:
+            # by name, so that with jobs > 1 each worker builds its own engine
             progressive_replay(
-                log, policies, k=10, seed=0, eval_every=args.engine_eval_every, progress=False
+                log,
+                ["relevance", "segue"],
+                k=10,
+                catalog=items,
+                seed=0,
+                eval_every=args.engine_eval_every,
+                engine_factory=engine_factory,
+                jobs=j,
             )
 
-        engine_s, _ = _time(with_engine, 1)
+        engine_times = _time_jobs(with_engine, jobs, args.repeats)
 
     n, n_actions = args.ope_rows, 80
     rng = np.random.default_rng(0)
@@ -86,28 +127,49 @@ def main() -> None:
         lambda: evaluate(data, uniform, n_boot=args.n_boot, by_position=True), args.repeats
     )
 
+    load_after = _load()
+
+    def medians(times: dict[int, list[float]]) -> dict[str, float]:
+        return {f"jobs={j}": statistics.median(t) for j, t in times.items()}
+
     results = {
         "replay_events": args.replay_events,
+        "jobs": args.jobs,
         "replay_seconds_median": replay_s,
         "replay_events_per_second": args.replay_events / replay_s,
+        "replay_seconds_median_by_jobs": medians(replay_times),
+        "engine_eval_every": args.engine_eval_every,
+        "replay_with_engine_seconds_median_by_jobs": medians(engine_times),
         "ope_rows": n,
         "n_boot": args.n_boot,
         "ope_estimate_4_estimators_seconds_median": ope_s,
         "ope_evaluate_by_position_seconds_median": eval_s,
-        "all_times": {"replay": replay_all, "estimate": ope_all, "evaluate": eval_all},
+        "all_times": {
+            **{f"replay jobs={j}": t for j, t in replay_times.items()},
+            **{f"replay with engine jobs={j}": t for j, t in engine_times.items()},
+            "estimate": ope_all,
+            "evaluate": eval_all,
+        },
+        "load_average_before": load_before,
+        "load_average_after": load_after,
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "cpus": os.cpu_count(),
     }
     out = Path(__file__).parent / "out"
     out.mkdir(exist_ok=True)
     (out / "bench_simulations.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"replay   {args.replay_events:>9,} plays x 2 baselines: median {replay_s:6.2f} s "
-          f"({args.replay_events / replay_s:,.0f} plays/s)")  # fmt: skip
-    if engine_s is not None:
+    for j, times in replay_times.items():
+        s = statistics.median(times)
+        print(f"replay   {args.replay_events:>9,} plays x 2 baselines, jobs={j}: "
+              f"median {s:6.2f} s ({args.replay_events / s:,.0f} plays/s)")  # fmt: skip
+    for j, times in engine_times.items():
         print(f"replay   {args.replay_events:>9,} plays x random, popular, relevance, segue "
-              f"(scored every {args.engine_eval_every}th): {engine_s:6.2f} s")  # fmt: skip
+              f"(scored every {args.engine_eval_every}th), jobs={j}: "
+              f"median {statistics.median(times):6.2f} s")  # fmt: skip
     print(f"estimate {n:>9,} rows, 4 estimators, {args.n_boot} boots: median {ope_s:6.2f} s")
     print(f"evaluate {n:>9,} rows, all + 3 positions, on-policy row: median {eval_s:6.2f} s")
+    print(f"load average (1, 5, 15 min) before: {load_before}; after: {load_after}")
 
 
 if __name__ == "__main__":

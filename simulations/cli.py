@@ -21,6 +21,7 @@ from simulations.runs import (
     OPE_DEFAULTS,
     REPLAY_DEFAULTS,
     SIMULATE_DEFAULTS,
+    default_replay_jobs,
     load_config,
     resolve_config,
     run_ope,
@@ -75,18 +76,30 @@ def make_app(
         rating_threshold: Annotated[
             float | None, typer.Option(help="Ratings below this become skips.")
         ] = None,
+        jobs: Annotated[
+            int | None,
+            typer.Option(
+                min=1,
+                help="Worker processes the policies are spread over (default: the usable "
+                "CPUs, at most one per policy). Results do not depend on it.",
+            ),
+        ] = None,
         progress: Progress = True,
     ) -> None:
         """Progressive replay: score hit@k, NDCG@k, MRR before learning each play.
 
-        Example: segue replay ml-100k/u.data --k 10 --out results/replay
+        Example: segue replay ml-100k/u.data --k 10 --jobs 2 --out results/replay
         """
+        file_cfg = load_config(config)
         cfg = resolve_config(
             REPLAY_DEFAULTS,
-            load_config(config),
+            file_cfg,
             {"seed": seed, "k": k, "policies": _split(policies), "eval_every": eval_every,
-             "max_events": max_events, "rating_threshold": rating_threshold},
+             "max_events": max_events, "rating_threshold": rating_threshold, "jobs": jobs},
         )  # fmt: skip
+        if jobs is None and file_cfg.get("jobs") is None:
+            # on the command line the machine is the researcher's own: use its cores
+            cfg["jobs"] = default_replay_jobs(cfg["policies"])
         result = run_replay(file, cfg, engine_factory=engine_factory, progress=progress)
         cfg["file"] = str(file)
         _finish(result, out or Path("sim-out/replay"), cfg, "replay", "progressive replay")

@@ -8,13 +8,18 @@ The CLI (:mod:`simulations.cli`) is a thin layer over these; notebooks call them
 A config is a plain mapping (from TOML or JSON, see :func:`load_config`); missing keys take
 the defaults in :data:`REPLAY_DEFAULTS`, :data:`SIMULATE_DEFAULTS` and :data:`OPE_DEFAULTS`.
 :func:`resolve_config` returns the complete config actually used, which the report saves.
+
+A replay's ``jobs`` is the number of worker processes its policies are spread over (1, in this
+process, by default; :func:`default_replay_jobs` is what ``segue replay`` uses). It changes how
+long a replay takes, never its result.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +40,7 @@ from simulations.ope import (
     evaluate,
 )
 from simulations.policy import EngineFactory, make_policies
-from simulations.replay import progressive_replay
+from simulations.replay import BASELINES, progressive_replay
 from simulations.report import RunResult
 from simulations.world import World, WorldConfig
 
@@ -43,11 +48,13 @@ __all__ = [
     "OPE_DEFAULTS",
     "REPLAY_DEFAULTS",
     "SIMULATE_DEFAULTS",
+    "default_replay_jobs",
     "load_config",
     "resolve_config",
     "run_ope",
     "run_replay",
     "run_simulation",
+    "usable_cpus",
 ]
 
 REPLAY_DEFAULTS: dict[str, Any] = {
@@ -59,6 +66,7 @@ REPLAY_DEFAULTS: dict[str, Any] = {
     "max_events": None,
     "rating_threshold": None,
     "columns": None,
+    "jobs": 1,
 }
 
 SIMULATE_DEFAULTS: dict[str, Any] = {
@@ -83,6 +91,28 @@ OPE_DEFAULTS: dict[str, Any] = {
     "by_position": True,
     "max_weight": None,
 }
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the platform has one)."""
+    count = getattr(os, "process_cpu_count", None)  # Python 3.13+
+    if count is not None:
+        n = count()
+    elif hasattr(os, "sched_getaffinity"):
+        n = len(os.sched_getaffinity(0))
+    else:
+        n = os.cpu_count()
+    return max(1, n or 1)
+
+
+def default_replay_jobs(policies: Iterable[str]) -> int:
+    """One worker process per usable CPU, but no more than the replay has policies (the
+    named ones and the random and popular baselines): an extra worker would have nothing to do.
+
+    >>> 1 <= default_replay_jobs(["random", "popular", "segue"]) <= 3
+    True
+    """
+    return max(1, min(usable_cpus(), len({*BASELINES, *policies})))
 
 
 def load_config(path: str | Path | None) -> dict[str, Any]:
@@ -119,23 +149,26 @@ def run_replay(
     engine_factory: EngineFactory | None = None,
     progress: bool = False,
 ) -> RunResult:
-    """Progressive replay of an interaction file through the configured policies."""
+    """Progressive replay of an interaction file through the configured policies.
+
+    Policies are built by name (in each worker process when ``jobs > 1``, so
+    ``engine_factory`` must then be a module-level function).
+    """
     cfg = resolve_config(REPLAY_DEFAULTS, config)
     df = load_interactions(path, cfg["columns"], rating_threshold=cfg["rating_threshold"])
     if cfg["max_events"] is not None:
         df = df.iloc[: int(cfg["max_events"])]
-    catalog = catalog_from_interactions(df)
-    policies = make_policies(
-        cfg["policies"], catalog, cfg["seed"], engine_factory, options=cfg["policy_options"]
-    )
     return progressive_replay(
         df,
-        policies,
+        list(cfg["policies"]),
         k=cfg["k"],
         eval_every=cfg["eval_every"],
-        catalog=catalog,
+        catalog=catalog_from_interactions(df),
         seed=cfg["seed"],
         progress=progress,
+        engine_factory=engine_factory,
+        policy_options=cfg["policy_options"],
+        jobs=int(cfg["jobs"]),
     )
 
 

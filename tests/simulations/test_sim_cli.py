@@ -12,7 +12,14 @@ from typer.testing import CliRunner
 
 from simulations.cli import make_app
 from simulations.policy import RandomPolicy
-from simulations.runs import load_config, resolve_config, run_ope, run_replay, run_simulation
+from simulations.runs import (
+    default_replay_jobs,
+    load_config,
+    resolve_config,
+    run_ope,
+    run_replay,
+    run_simulation,
+)
 from simulations.world import synthetic_interactions
 
 
@@ -77,6 +84,36 @@ def test_replay_command(tmp_path: Path) -> None:
     assert json.loads((out / "config.json").read_text())["file"] == str(log)
 
 
+def test_replay_command_jobs(tmp_path: Path) -> None:
+    log = tmp_path / "plays.parquet"
+    synthetic_interactions(600, n_users=40, n_items=100, seed=1).to_parquet(log)
+    tables = []
+    for jobs in ("1", "2"):
+        out = tmp_path / f"out{jobs}"
+        args = ["replay", str(log), "--out", str(out), "--jobs", jobs, "--no-progress"]
+        result = CliRunner().invoke(make_app(), args)
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "config.json").read_text())["jobs"] == int(jobs)
+        tables.append(pd.read_parquet(out / "steps.parquet"))
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+    # without --jobs: one worker per usable CPU, no more than there are policies
+    out = tmp_path / "default"
+    args = ["replay", str(log), "--out", str(out), "--no-progress"]
+    result = CliRunner().invoke(make_app(), args)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["jobs"] == default_replay_jobs(["random", "popular"])
+    assert 1 <= saved["jobs"] <= 2
+    # a config file's jobs is kept
+    config = tmp_path / "replay.toml"
+    config.write_text("jobs = 1\n")
+    args = ["replay", str(log), "--config", str(config), "--out", str(out), "--no-progress"]
+    assert CliRunner().invoke(make_app(), args).exit_code == 0
+    assert json.loads((out / "config.json").read_text())["jobs"] == 1
+    result = CliRunner().invoke(make_app(), ["replay", str(log), "--jobs", "0", "--no-progress"])
+    assert result.exit_code != 0
+
+
 def test_ope_command_and_function(tmp_path: Path) -> None:
     path = _obd_file(tmp_path)
     out = tmp_path / "out"
@@ -114,6 +151,8 @@ def test_python_runs_and_engine_factory(tmp_path: Path) -> None:
     log.write_text("1\t10\t5\t100\n2\t10\t4\t200\n1\t11\t2\t300\n3\t10\t5\t400\n")
     replay = run_replay(log, {"rating_threshold": 3, "k": 1})
     assert replay.summary.set_index("policy").loc["popular", "evaluated"] == 3
+    with pytest.raises(ValueError, match="jobs must be a whole number of at least 1"):
+        run_replay(log, {"jobs": 0})
 
 
 def test_config_files_and_unknown_keys(tmp_path: Path) -> None:

@@ -108,3 +108,82 @@ def test_events_input_and_max_events() -> None:
     result = progressive_replay(events, max_events=2, k=2)
     assert result.steps["step"].max() == 1
     assert set(result.summary["policy"]) == {"random", "popular"}
+
+
+# ---------------------------------------------------------------- policies in worker processes
+
+
+def test_jobs_give_the_same_table_as_one_process() -> None:
+    from simulations.engine_policy import engine_factory
+
+    log = synthetic_interactions(400, n_users=40, n_items=150, seed=4)
+    names = ["random", "popular", "relevance", "segue"]
+
+    def run(jobs: int):
+        return progressive_replay(
+            log, names, k=5, eval_every=2, seed=4, engine_factory=engine_factory, jobs=jobs
+        )
+
+    one, two = run(1), run(2)
+    pd.testing.assert_frame_equal(one.steps, two.steps)
+    pd.testing.assert_frame_equal(one.summary, two.summary)
+    assert list(two.summary["policy"]) == names
+    assert (two.summary["evaluated"] == 200).all()
+    # the engine policies learned something: they are not the random baseline in disguise
+    assert two.steps.groupby("policy")["rank"].apply(tuple).nunique() == len(names)
+
+
+def test_jobs_with_events_and_more_jobs_than_policies() -> None:
+    from simulations.loaders import iter_events
+
+    events = list(iter_events(synthetic_interactions(300, n_users=30, n_items=100, seed=5)))
+    one = progressive_replay(events, k=3, seed=1)
+    many = progressive_replay(events, k=3, seed=1, jobs=8, progress=True)
+    pd.testing.assert_frame_equal(one.steps, many.steps)
+    pd.testing.assert_frame_equal(one.summary, many.summary)
+
+
+def test_names_build_the_same_policies_as_objects() -> None:
+    from simulations.policy import PopularPolicy, RandomPolicy
+
+    log = synthetic_interactions(500, n_users=30, n_items=100, seed=6)
+    items = [f"t{i:06d}" for i in range(100)]
+    options = {"popular": {"half_life": 60.0}}
+    by_name = progressive_replay(
+        log, ["popular", "random"], catalog=items, seed=2, policy_options=options
+    )
+    objects = [PopularPolicy(items, half_life=60.0), RandomPolicy(items, 2)]
+    by_object = progressive_replay(log, objects, catalog=items, seed=2)
+    pd.testing.assert_frame_equal(by_name.steps, by_object.steps)
+    with pytest.raises(ValueError, match="'random' is listed twice"):
+        progressive_replay(log, ["random", "random"])
+
+
+@pytest.mark.parametrize("jobs", [0, -1])
+def test_jobs_must_be_positive(jobs: int) -> None:
+    with pytest.raises(ValueError, match="jobs must be a whole number of at least 1"):
+        progressive_replay(LOG, jobs=jobs)
+
+
+def test_jobs_need_policies_by_name_and_a_picklable_factory() -> None:
+    with pytest.raises(ValueError, match="must be given by name"):
+        progressive_replay(LOG, [Scripted("scripted", ["x"])], jobs=2)
+    with pytest.raises(ValueError, match="must be picklable"):
+        progressive_replay(
+            LOG, ["mine"], engine_factory=lambda name, catalog, seed: Scripted(name, []), jobs=2
+        )
+
+
+def test_a_failing_worker_fails_the_replay() -> None:
+    with pytest.raises(ValueError, match="unknown policy 'nope'"):
+        progressive_replay(LOG, ["nope"], jobs=2)
+
+
+def test_engine_policies_go_to_different_workers() -> None:
+    from simulations.replay import _groups
+
+    names = ["random", "popular", "relevance", "segue"]
+    assert _groups(names, 2) == [["segue"], ["random", "popular", "relevance"]]
+    assert _groups(["segue", "relevance", "random"], 2) == [["segue"], ["relevance", "random"]]
+    assert sorted(map(len, _groups(names, 8))) == [1, 1, 1, 1]
+    assert _groups(names, 1) == [names]
