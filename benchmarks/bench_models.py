@@ -5,7 +5,8 @@ Measures, on a seeded synthetic catalog (tracks around artist centroids):
 * ``RelevanceModel.learn_one`` (events/s and per-call latency),
 * ``RelevanceModel.predict_many`` over 500 items,
 * ``BanditReranker.learn_one`` (events/s and per-call latency),
-* ``BanditReranker.rank`` filling k=30 slots from 100 candidates, per exploration rule.
+* ``BanditReranker.rank`` filling k=30 slots from 100 candidates, per exploration rule, from
+  :class:`Candidate` objects and from :class:`CandidateColumns` (what the engine passes).
 
 Each figure is measured ``--repeats`` times; the script prints the median and p99 of the
 per-call latencies and the median throughput over repeats.
@@ -25,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from online.bandit import BanditReranker, Candidate
+from online.bandit import BanditReranker, Candidate, CandidateColumns
 from online.items import Item
 from online.relevance import RelevanceModel
 
@@ -155,16 +156,18 @@ def main(argv: list[str] | None = None) -> None:
             for e in bandit.rank(shared, cands, args.k, max_per_artist=2):
                 bandit.learn_one(shared, e.features, e.propensity, float(rng.random() < 0.3))
                 served.append(e)
-        rank_runs, learn_runs = [], []
+        columns = CandidateColumns.of(cands)
+        rank_runs, column_runs, learn_runs = [], [], []
         for _ in range(args.repeats):
-            rank_runs.append(
-                timed(
-                    [
-                        (lambda b=bandit, c=cands: b.rank(shared, c, args.k, max_per_artist=2))
-                        for _ in range(args.rank_calls)
-                    ]
+            for runs, given in ((rank_runs, cands), (column_runs, columns)):
+                runs.append(
+                    timed(
+                        [
+                            (lambda b=bandit, c=given: b.rank(shared, c, args.k, max_per_artist=2))
+                            for _ in range(args.rank_calls)
+                        ]
+                    )
                 )
-            )
             picks = [served[int(j)] for j in rng.integers(len(served), size=2_000)]
             learn_runs.append(
                 timed(
@@ -179,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
             )
         report(f"BanditReranker[{exploration}].rank(k={args.k} of {args.candidates})", rank_runs)
+        report(f"BanditReranker[{exploration}].rank(columns)", column_runs)
         report(f"BanditReranker[{exploration}].learn_one", learn_runs, "events")
         bandit.close()
 

@@ -16,7 +16,10 @@
 5. Per-stage times (candidates, relevance, rerank) are the service's own Prometheus histogram
    ``segue_stage_seconds`` over the timed window: exact means, and the bucket bound under
    which 99% fell.
-6. After the service stops: recall@500 of the content index against brute force (the same
+6. The server's CPU time per list: user + system time of the service process over the
+   recommend window, divided by the lists asked for (Linux ``/proc``). Stage means are wall
+   times, which include waits for the GIL; this is what a list costs.
+7. After the service stops: recall@500 of the content index against brute force (the same
    ContentIndex code, rebuilt in this process on the same catalog, which also times the
    build), and the resident memory the service had (VmRSS).
 
@@ -126,6 +129,12 @@ class Conn:
                 if attempt:
                     raise
         raise AssertionError("unreachable")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process (all its threads) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def metrics(conn: Conn) -> str:
@@ -387,7 +396,9 @@ def main() -> None:
                     ]
                     load = os.getloadavg()[0]
                     before = metrics(conn)
+                    cpu_before = cpu_seconds(proc.pid)
                     rec = timed(port, "/v1/recommend", bodies, rate, args)
+                    rec["cpu_ms"] = 1000 * (cpu_seconds(proc.pid) - cpu_before) / len(bodies)
                     stages = stage_stats(before, metrics(conn))
                     base = timed(port, "/v1/model", None, rate, args)
                     rss = max(rss, rss_mb(proc.pid))
@@ -397,7 +408,8 @@ def main() -> None:
                     print(
                         f"  {rate:.0f}/s run {run + 1} (load {load:.2f}): recommend p50 "
                         f"{rec['p50']:.1f} ms, "
-                        f"p99 {rec['p99']:.1f}, p99.9 {rec['p99.9']:.1f}, fallback "
+                        f"p99 {rec['p99']:.1f}, p99.9 {rec['p99.9']:.1f}, server CPU "
+                        f"{rec['cpu_ms']:.2f} ms/list, fallback "
                         f"{rec['fallback_ratio']:.1%} {rec['fallbacks']}, errors {rec['errors']}, "
                         f"{rec['achieved_rate']:.0f}/s | GET /v1/model p50 {base['p50']:.1f} ms, "
                         f"p99 {base['p99']:.1f} | stage means "
@@ -413,9 +425,9 @@ def main() -> None:
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (1 min)")
     print(
         "| items | k | rate | p50 | p99 | p99.9 | fallback | GET /v1/model p50 / p99 | "
-        "candidates | relevance | rerank | server RSS |"
+        "candidates | relevance | rerank | server CPU / list | server RSS |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for rate in dict.fromkeys(r["rate"] for r in rows):
         at = [r for r in rows if r["rate"] == rate]
 
@@ -431,7 +443,7 @@ def main() -> None:
             f"{median([r['rec']['fallback_ratio'] for r in at]):.1%} | "
             f"{med('base', 'p50'):.1f} / {med('base', 'p99'):.1f} ms | "
             + " | ".join(f"{st[s]:.2f} ms (p99 <= {st99[s]:.0f})" for s in stages)
-            + f" | {rss / 1024:.1f} GiB |"
+            + f" | {med('rec', 'cpu_ms'):.2f} ms | {rss / 1024:.1f} GiB |"
         )
     print()
     print("| content index | build | recall@500 (ef=max(ef,500)) | recall@100 (ef) | query p99 |")

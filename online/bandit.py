@@ -6,7 +6,9 @@ VW estimates each action's cost (``-reward``), an exploration rule turns the est
 probability mass function, and the action is sampled with ``self._rng`` (a seeded numpy
 ``Generator``), so the same seed gives the same lists. The placed entry records the exact
 features served, its ``propensity`` (the probability of that action at that slot) and whether
-it was ``explored`` (differs from the greedy choice).
+it was ``explored`` (differs from the greedy choice). Candidates come as :class:`Candidate`
+objects or, on the engine's request path, as :class:`CandidateColumns` (the same list, without
+an object per item).
 
 Namespaces (VW keys features by the first letter of a namespace):
 
@@ -65,9 +67,11 @@ import contextlib
 import json
 import math
 import tempfile
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,7 +84,7 @@ from feedback.events import SlateEntry
 from online._statefile import read_state, write_state
 from online.relevance import encode_context
 
-__all__ = ["ACTION_FEATURES", "BanditReranker", "Candidate"]
+__all__ = ["ACTION_FEATURES", "BanditReranker", "Candidate", "CandidateColumns"]
 
 _FORMAT = "segue.bandit/1"
 Exploration = Literal["epsilon", "softmax", "squarecb"]
@@ -121,6 +125,8 @@ def _slog(x: float) -> float:
 
 
 def _static_features(c: Candidate) -> dict[str, float]:
+    """One candidate's features in namespace ``a``: the definition that :func:`_static_rows`
+    computes for many candidates at once."""
     return {
         "rel": round(float(c.relevance), _DIGITS),
         "pop": round(_slog(float(c.popularity)), _DIGITS),
@@ -129,6 +135,126 @@ def _static_features(c: Candidate) -> dict[str, float]:
         "exp_item": round(math.log1p(max(0.0, float(c.exposure_item))), _DIGITS),
         "exp_artist": round(math.log1p(max(0.0, float(c.exposure_artist))), _DIGITS),
     }
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CandidateColumns:
+    """Many candidates as columns, row ``i`` being one candidate: what :meth:`BanditReranker.rank`
+    reads from a sequence of :class:`Candidate`, without an object per item.
+
+    ``vectors`` is ``(n, dim)`` (a zero row means similarity 0, like ``vector=None``), or
+    ``None`` when no candidate has one; the other columns hold ``n`` numbers each.
+    """
+
+    item_ids: Sequence[str]
+    artists: Sequence[str]
+    vectors: np.ndarray | None
+    relevance: np.ndarray
+    popularity: np.ndarray
+    trend: np.ndarray
+    age_days: np.ndarray
+    exposure_item: np.ndarray
+    exposure_artist: np.ndarray
+
+    @classmethod
+    def of(cls, candidates: Sequence[Candidate]) -> CandidateColumns:
+        """The columns of ``candidates``, in their order."""
+        vectors = None
+        if any(c.vector is not None for c in candidates):
+            dim = next(len(c.vector) for c in candidates if c.vector is not None)
+            vectors = np.zeros((len(candidates), dim))
+            has = [i for i, c in enumerate(candidates) if c.vector is not None]
+            vectors[has] = np.array([candidates[i].vector for i in has], dtype=float)
+
+        def column(name: str) -> np.ndarray:
+            return np.array([float(getattr(c, name)) for c in candidates], dtype=float)
+
+        return cls(
+            item_ids=[c.item_id for c in candidates],
+            artists=[c.artist for c in candidates],
+            vectors=vectors,
+            relevance=column("relevance"),
+            popularity=column("popularity"),
+            trend=column("trend"),
+            age_days=column("age_days"),
+            exposure_item=column("exposure_item"),
+            exposure_artist=column("exposure_artist"),
+        )
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def take(self, rows: Sequence[int]) -> CandidateColumns:
+        """The candidates at ``rows``, in that order."""
+        ids, artists = self.item_ids, self.artists
+        return CandidateColumns(
+            item_ids=[ids[i] for i in rows],
+            artists=[artists[i] for i in rows],
+            vectors=None if self.vectors is None else self.vectors[rows],
+            relevance=np.asarray(self.relevance, dtype=float)[rows],
+            popularity=np.asarray(self.popularity, dtype=float)[rows],
+            trend=np.asarray(self.trend, dtype=float)[rows],
+            age_days=np.asarray(self.age_days, dtype=float)[rows],
+            exposure_item=np.asarray(self.exposure_item, dtype=float)[rows],
+            exposure_artist=np.asarray(self.exposure_artist, dtype=float)[rows],
+        )
+
+
+_SCALE = 10.0**_DIGITS
+
+
+def _round(x: np.ndarray) -> np.ndarray:
+    """``round(v, _DIGITS)`` of every value of ``x``, bit for bit as Python rounds a float.
+
+    numpy's rounding scales, rounds to an integer and scales back; that agrees with Python's
+    correctly rounded result unless the scaled value lies within its own rounding error of a
+    half (or is huge, or not finite): Python rounds those few values itself.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):  # those values are Python's to round
+        scaled = x * _SCALE
+        out = np.rint(scaled) / _SCALE
+        sure = (np.abs(scaled - np.floor(scaled) - 0.5) > 1e-6) & (np.abs(scaled) < 1e9)
+    if not sure.all():
+        flat, values = out.reshape(-1), x.reshape(-1)
+        for i in np.flatnonzero(~sure).tolist():
+            flat[i] = round(float(values[i]), _DIGITS)
+    return out
+
+
+def _static_rows(columns: CandidateColumns) -> list[dict[str, float]]:
+    """:func:`_static_features` of every candidate, the same values computed column by column.
+
+    The logarithms are Python's own (numpy's differ from them in the last bit for some
+    inputs), the arithmetic is IEEE in both, and :func:`_round` rounds as ``round`` does.
+    """
+    log1p, copysign = math.log1p, math.copysign
+
+    def slog(values: np.ndarray) -> list[float]:
+        x = np.asarray(values, dtype=float).tolist()
+        return list(map(copysign, map(log1p, map(abs, x)), x))
+
+    def log1p_positive(values: np.ndarray) -> list[float]:
+        x = np.asarray(values, dtype=float)
+        return list(map(log1p, np.where(x > 0.0, x, 0.0).tolist()))  # max(0.0, x), NaN -> 0
+
+    age = np.asarray(columns.age_days, dtype=float)
+    table = _round(
+        np.array(
+            [
+                np.asarray(columns.relevance, dtype=float),
+                slog(columns.popularity),
+                slog(columns.trend),
+                1.0 / (1.0 + np.where(age > 0.0, age, 0.0) / 7.0),
+                log1p_positive(columns.exposure_item),
+                log1p_positive(columns.exposure_artist),
+            ],
+            dtype=float,
+        ).reshape(len(_STATIC), len(columns))
+    )
+    return [
+        {"rel": a, "pop": b, "trend": c, "fresh": d, "exp_item": e, "exp_artist": f}
+        for a, b, c, d, e, f in zip(*table.tolist(), strict=True)
+    ]
 
 
 class BanditReranker:
@@ -244,11 +370,15 @@ class BanditReranker:
 
     def _squarecb(self, costs: np.ndarray) -> np.ndarray:
         n = len(costs)
-        best = int(np.argmin(costs))
+        best = int(costs.argmin())
         gamma = self.gamma_scale * float(self.n_learned) ** self.gamma_exponent
-        pmf = 1.0 / (n + gamma * (costs - costs[best]))
+        # 1 / (n + gamma * (c - c_best)) in one buffer (the same IEEE operations, commuted)
+        pmf = costs - costs[best]
+        pmf *= gamma
+        pmf += n
+        np.divide(1.0, pmf, out=pmf)
         pmf[best] = 0.0
-        pmf[best] = max(0.0, 1.0 - pmf.sum())
+        pmf[best] = max(0.0, 1.0 - np.add.reduce(pmf))  # ndarray.sum() without its wrapper
         return pmf
 
     # ------------------------------------------------------------------ ranking
@@ -256,14 +386,14 @@ class BanditReranker:
     def rank(
         self,
         shared: Mapping[str, Any],
-        candidates: Sequence[Candidate],
+        candidates: Sequence[Candidate] | CandidateColumns,
         k: int,
         *,
         explore: bool = True,
         max_per_artist: int | None = None,
         exclude: Collection[str] = (),
     ) -> list[SlateEntry]:
-        """Fill up to ``k`` slots from ``candidates``.
+        """Fill up to ``k`` slots from ``candidates`` (objects, or the same as columns).
 
         Hard rules: no item in ``exclude`` is placed, no artist gets more than
         ``max_per_artist`` slots, an item id is placed at most once; fewer than ``k`` entries
@@ -275,17 +405,40 @@ class BanditReranker:
             raise ValueError(f"max_per_artist must be >= 1 or None, got {max_per_artist!r}")
         excluded = set(exclude)
         seen: set[str] = set()
-        pool: list[Candidate] = []
-        for c in candidates:
-            if c.item_id in excluded or c.item_id in seen:
+        columns: CandidateColumns | None = None
+        objects: list[Candidate] = []
+        if isinstance(candidates, CandidateColumns):
+            columns = candidates
+            ids = columns.item_ids
+        else:
+            objects = list(candidates)
+            ids = [c.item_id for c in objects]
+        rows: list[int] = []
+        for i, item_id in enumerate(ids):
+            if item_id in excluded or item_id in seen:
                 continue
-            seen.add(c.item_id)
-            pool.append(c)
-        if k <= 0 or not pool:
+            seen.add(item_id)
+            rows.append(i)
+        if k <= 0 or not rows:
             return []
+        if columns is None:
+            pool = CandidateColumns.of([objects[i] for i in rows])
+        else:
+            pool = columns if len(rows) == len(ids) else columns.take(rows)
+        return self._fill(shared, pool, k, explore, max_per_artist)
 
+    def _fill(
+        self,
+        shared: Mapping[str, Any],
+        pool: CandidateColumns,
+        k: int,
+        explore: bool,
+        max_per_artist: int | None,
+    ) -> list[SlateEntry]:
+        """The slot loop of :meth:`rank` over distinct, allowed candidates."""
         n = len(pool)
-        static = [_static_features(c) for c in pool]
+        ids, artists = pool.item_ids, pool.artists
+        static = _static_rows(pool)
         doc = {
             "s": self._shared_namespace(shared),
             "p": {"pos": _PLACEHOLDER},
@@ -293,77 +446,86 @@ class BanditReranker:
         }
         # Unit vectors for the cosine similarity; rows of candidates without a vector stay 0.
         units = None
-        if any(c.vector is not None for c in pool):
-            dim = next(len(c.vector) for c in pool if c.vector is not None)
-            units = np.zeros((n, dim))
-            has = [i for i, c in enumerate(pool) if c.vector is not None]
-            units[has] = np.array([pool[i].vector for i in has], dtype=float)
+        if pool.vectors is not None:
+            units = np.array(pool.vectors, dtype=float)
             norms = np.sqrt(np.einsum("ij,ij->i", units, units))
             nonzero = norms > 0.0
             units[nonzero] /= norms[nonzero, None]
         sim = np.zeros(n)
         served_sim = np.full(n, _PLACEHOLDER)  # the value currently in each parsed example
+        rounded = np.empty(n)
         eligible_mask = np.ones(n, dtype=bool)  # not placed, artist below its cap
         by_artist: dict[str, list[int]] = {}
-        for i, c in enumerate(pool):
-            by_artist.setdefault(c.artist, []).append(i)
+        for i, artist in enumerate(artists):
+            by_artist.setdefault(artist, []).append(i)
         per_artist: Counter[str] = Counter()
         slate: list[SlateEntry] = []
         pop_feature, push_feature = pylibvw.example.pop_feature, pylibvw.example.push_hashed_feature
+        partial = pylibvw.example.get_partial_prediction
         ns_p, ns_d = ord("p"), ord("d")
         sim_index, pos_index = self._sim_index, self._pos_index
         predict_multi, ws = pylibvw.vw.predict_multi, self._ws
         squarecb = self.exploration == "squarecb"
 
-        exs = self._ws.parse(orjson.dumps(doc).decode())
+        # The bindings under Workspace.parse / predict / finish_example: the wrappers build a
+        # Python Example per action and check types on every call, which costs several times
+        # VW's own parse and predictions.
+        exs = pylibvw.vw._parse(ws, orjson.dumps(doc).decode())
         try:
             shared_ex, actions = exs[0], exs[1:]
             for position in range(k):
-                eligible = np.flatnonzero(eligible_mask)
-                if len(eligible) == 0:
+                eligible = eligible_mask.nonzero()[0]
+                m = len(eligible)
+                if m == 0:
                     break
                 pos_value = round(math.log1p(position), _DIGITS)
                 pop_feature(shared_ex, ns_p)
                 push_feature(shared_ex, ns_p, pos_index, pos_value)
-                rounded = np.round(sim, _DIGITS)
-                changed = np.flatnonzero((rounded != served_sim) & eligible_mask)
-                for idx, value in zip(changed.tolist(), rounded[changed].tolist(), strict=True):
-                    ex = actions[idx]
-                    pop_feature(ex, ns_d)
-                    push_feature(ex, ns_d, sim_index, value)
-                served_sim[changed] = rounded[changed]
+                # np.round(sim, _DIGITS) step for step (scale, rint, unscale), in place
+                np.multiply(sim, _SCALE, out=rounded)
+                np.rint(rounded, out=rounded)
+                np.divide(rounded, _SCALE, out=rounded)
+                differs = rounded != served_sim
+                differs &= eligible_mask
+                changed = differs.nonzero()[0]
+                if len(changed):
+                    values = rounded[changed]
+                    served_sim[changed] = values
+                    for idx, value in zip(changed.tolist(), values.tolist(), strict=True):
+                        ex = actions[idx]
+                        pop_feature(ex, ns_d)
+                        push_feature(ex, ns_d, sim_index, value)
                 chosen_actions = [actions[idx] for idx in eligible.tolist()]
-                slot = [shared_ex, *chosen_actions]
-                # VW's prediction for every eligible action of this slot in one call (the
-                # binding under Workspace.predict: its wrapper costs more than VW itself)
-                predict_multi(ws, slot)
+                # VW's prediction for every eligible action of this slot in one call
+                predict_multi(ws, [shared_ex, *chosen_actions])
                 if squarecb:
-                    costs = np.array([e.get_partial_prediction() for e in chosen_actions])
+                    costs = np.fromiter(map(partial, chosen_actions), float, m)
                     pmf = self._squarecb(costs)
                 else:
                     costs = None
                     pmf = np.asarray(shared_ex.get_action_scores(), dtype=float)
                     pmf = pmf / pmf.sum()
-                greedy = int(np.argmax(pmf))
+                # a slot has at most a rerank pool of actions: plain lists beat numpy's per-call
+                # cost, with the same arithmetic (argmax's first maximum, cumsum's running sum,
+                # and searchsorted(side="right") is bisect_right)
+                probs = pmf.tolist()
+                greedy = probs.index(max(probs))
                 if explore:
                     u = self._rng.random()
-                    j = int(np.searchsorted(np.cumsum(pmf), u, side="right"))
-                    j = min(j, len(eligible) - 1)
-                    while pmf[j] <= 0.0:  # float round-off at the top end of the cdf
+                    j = min(bisect_right(list(accumulate(probs)), u), m - 1)
+                    while probs[j] <= 0.0:  # float round-off at the top end of the cdf
                         j -= 1
-                    propensity = float(pmf[j])
+                    propensity = probs[j]
                 else:
                     j, propensity = greedy, 1.0
-                cost = (
-                    float(costs[j]) if costs is not None else slot[j + 1].get_partial_prediction()
-                )
+                cost = float(costs[j]) if costs is not None else partial(chosen_actions[j])
                 chosen = int(eligible[j])
                 features = dict(static[chosen])
                 features["sim"] = float(served_sim[chosen])
                 features["pos"] = pos_value
                 slate.append(
                     SlateEntry(
-                        item_id=pool[chosen].item_id,
+                        item_id=ids[chosen],
                         position=position,
                         score=-float(cost),
                         propensity=min(1.0, propensity),
@@ -372,14 +534,14 @@ class BanditReranker:
                     )
                 )
                 eligible_mask[chosen] = False
-                artist = pool[chosen].artist
+                artist = artists[chosen]
                 per_artist[artist] += 1
                 if max_per_artist is not None and per_artist[artist] >= max_per_artist:
                     eligible_mask[by_artist[artist]] = False
                 if units is not None:
                     np.maximum(sim, units @ units[chosen], out=sim)
         finally:
-            self._ws.finish_example(exs)
+            pylibvw.vw._finish_example_multi_ex(ws, exs)
         return slate
 
     # ------------------------------------------------------------------ learning

@@ -22,7 +22,8 @@ co-visitation and sessions update alongside; the ANN index follows the moving it
 
 Concurrency: VW and hnswlib are not thread-safe, so every method that reads or writes model
 state holds ``self.lock`` (an ``RLock``). The learner holds it for small chunks of events, so a
-request waits at most one chunk.
+request waits at most one chunk. The ANN indexes have their own readers-writer locks: a
+request searches them, and the learner re-links moved vectors, outside ``self.lock``.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ from feedback.attribution import DecisionOutcome, JoinOutput, RewardJoiner
 from feedback.decisions import DecisionLog, InMemoryDecisionLog
 from feedback.events import Context, Decision, Event, SlateEntry
 from feedback.rewards import RewardFunction
-from online.bandit import BanditReranker, Candidate
-from online.catalog import Catalog
+from online.bandit import BanditReranker, CandidateColumns
+from online.catalog import Catalog, CatalogView
 from online.decay import decay_weight
 from online.items import Item
 from online.quality import ProgressiveQuality
@@ -59,6 +60,7 @@ from online.state import Exposure, Popularity, Sessions, Transitions
 
 __all__ = [
     "CandidatePool",
+    "ChannelOffers",
     "ContentIndex",
     "Engine",
     "LearnReport",
@@ -76,16 +78,54 @@ CHANNELS = ("cf", "content", "covisit", "trending", "fresh")
 _RELINK_TOLERANCE = 0.2
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class ChannelOffers:
+    """Which channels offered which candidate ids, kept as arrays.
+
+    ``names`` holds each offered id once, in the order first offered, and ``first`` the
+    index in ``labels`` of the channel that offered it first; ``again_names`` and ``again``
+    list the later offers of ids already offered.
+    """
+
+    labels: tuple[str, ...] = ()
+    names: list[str] = field(default_factory=list)
+    first: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    again_names: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
+    again: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def channels(self) -> dict[str, set[str]]:
+        """Per id, in first-offer order, the set of channels that offered it."""
+        labels = self.labels
+        out = {name: {labels[c]} for name, c in zip(self.names, self.first.tolist(), strict=True)}
+        for name, c in zip(self.again_names.tolist(), self.again.tolist(), strict=True):
+            out[name].add(labels[c])
+        return out
+
+
 @dataclass(slots=True)
 class CandidatePool:
-    """Stage 1's output: candidate items and the channels that proposed each."""
+    """Stage 1's output: candidate items and the channels that proposed each.
+
+    :attr:`channels` (every offered id, including one dropped as not released yet, with the
+    channels that offered it) is built from ``offers`` on first use: serving a list never
+    reads it, and a set per candidate would cost a few percent of a list's CPU, most of it
+    in the garbage collector.
+    """
 
     user_id: str
     context: Context
     now: float
     items: list[Item]
-    channels: dict[str, set[str]] = field(default_factory=dict)
+    offers: ChannelOffers = field(default_factory=ChannelOffers)
     exclude: frozenset[str] = frozenset()
+    _channels: dict[str, set[str]] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def channels(self) -> dict[str, set[str]]:
+        """Per offered id, in first-offer order, the channels that offered it."""
+        if self._channels is None:
+            self._channels = self.offers.channels()
+        return self._channels
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(CHANNELS, 0)
@@ -126,6 +166,42 @@ def as_recommendation(
         ),
         fallback=fallback,
         took_ms=took_ms,
+    )
+
+
+def _merge_offers(
+    view: CatalogView, offers: Sequence[tuple[str, np.ndarray]], banned: np.ndarray
+) -> tuple[np.ndarray, ChannelOffers]:
+    """The candidate rows the channels offered, each once, in the order first offered.
+
+    ``offers`` is ``(channel, dense indexes)`` per channel; unknown (negative or past the
+    view), unavailable and ``banned`` rows are dropped. Returns the rows and which channels
+    offered their ids. Filtering and de-duplication run on the index arrays (a few hundred
+    rows per list).
+    """
+    available = view.available_mask
+    kept: list[np.ndarray] = []
+    codes: list[np.ndarray] = []
+    for number, (_, idx) in enumerate(offers):
+        idx = np.asarray(idx, dtype=np.int64)
+        idx = idx[(idx >= 0) & (idx < len(available))]
+        idx = idx[available[idx]]
+        kept.append(idx)
+        codes.append(np.full(len(idx), number, dtype=np.int64))
+    labels = tuple(channel for channel, _ in offers)
+    if not kept:
+        return np.zeros(0, dtype=np.int64), ChannelOffers(labels)
+    rows, code = np.concatenate(kept), np.concatenate(codes)
+    if banned.size:
+        keep = ~np.isin(rows, banned)
+        rows, code = rows[keep], code[keep]
+    first = np.zeros(len(rows), dtype=bool)
+    first[np.unique(rows, return_index=True)[1]] = True
+    head = np.flatnonzero(first)  # first offers, in offer order
+    again = np.flatnonzero(~first)
+    out = rows[head]
+    return out, ChannelOffers(
+        labels, view.ids[out].tolist(), code[head], view.ids[rows[again]], code[again]
     )
 
 
@@ -341,67 +417,58 @@ class Engine:
         """The candidate pool for a listener (see the module docstring)."""
         context = dict(context or {})
         s = self.settings
+        cf_index: HNSWRetriever | None = None
+        uv: np.ndarray | None = None
+        nexts: list[str] = []
+        top: list[str] = []
+        fresh: np.ndarray | None = None
         with self.lock:
+            # only the model and counter reads hold the engine lock: the ANN searches below
+            # run under each index's own readers-writer lock and hnswlib releases the GIL
+            # while it searches, so the learner goes on meanwhile
             t = self._time(now)
             view = self.catalog.view()
-            available = view.available_mask
             recent = self._sessions.recent(user_id)
             banned = set(exclude)
             banned.update(item for item, _ in recent[-s.recent_exclude :] if s.recent_exclude)
-            channels: dict[str, set[str]] = {}
-
-            def offer(ids: Iterable[str], channel: str) -> None:
-                for item_id in ids:
-                    if item_id in banned:
-                        continue
-                    names = channels.get(item_id)
-                    if names is None:
-                        channels[item_id] = {channel}
-                    else:
-                        names.add(channel)
-
-            def offer_idx(idx: np.ndarray, channel: str) -> None:
-                idx = idx[(idx >= 0) & (idx < len(available))]
-                idx = idx[available[idx]]
-                offer(view.ids[idx].tolist(), channel)
-
             if s.cf_candidates and len(self._cf_index):
+                cf_index = self._cf_index
                 uv = self._relevance.user_vector(user_id, context)
-                ids, _ = self._cf_index.query(uv, s.cf_candidates + len(banned))
-                offer_idx(ids, "cf")
-            if s.content_candidates and recent:
-                sv = self._session_vector(recent, t, view)
-                index = self.content_index.index if self.content_index is not None else None
-                if sv is not None and index is not None and len(index):
-                    ids, _ = index.query(sv, s.content_candidates + len(banned))
-                    offer_idx(ids, "content")
             if s.covisit_candidates and recent:
                 per_play = max(1, s.covisit_candidates // min(3, len(recent)))
-                nexts: list[str] = []
                 for item_id, _ in reversed(recent[-3:]):
                     nexts.extend(n for n, _ in self._transitions.next_items(item_id, per_play))
-                offer(self._available(nexts), "covisit")
             if s.trending_candidates:
-                top = self._popularity.top(s.trending_candidates + len(banned), t)
-                offer(self._available([i for i, _ in top]), "trending")
+                top = [i for i, _ in self._popularity.top(s.trending_candidates + len(banned), t)]
             if s.fresh_candidates:
-                offer_idx(self._fresh_sample(view, t, s.fresh_candidates), "fresh")
-            # an item not released yet is never served (catalogs announce releases ahead);
-            # the filter runs on the arrays, so only the items kept are built
-            names = list(channels)
-            rows = self.catalog.indexes_of(names)
-            current = self.catalog.view()
-            rows = np.where(rows < len(current.release_times), rows, -1)
-            release = current.release_times[np.maximum(rows, 0)]
-            keep = ((rows >= 0) & ~(release > t)).tolist()  # NaN (unknown release) is kept
-            wanted = [name for name, good in zip(names, keep, strict=True) if good]
-            items = [item for item in self.catalog.get_many(wanted) if item is not None]
+                fresh = self._fresh_sample(view, t, s.fresh_candidates)
+        # each channel's dense indexes, in channel order (the pool keeps first-offer order)
+        offers: list[tuple[str, np.ndarray]] = []
+        if cf_index is not None and uv is not None:
+            offers.append(("cf", cf_index.query(uv, s.cf_candidates + len(banned))[0]))
+        if s.content_candidates and recent:
+            sv = self._session_vector(recent, t, view)
+            index = self.content_index.index if self.content_index is not None else None
+            if sv is not None and index is not None and len(index):
+                offers.append(("content", index.query(sv, s.content_candidates + len(banned))[0]))
+        if nexts:
+            offers.append(("covisit", self.catalog.indexes_of(nexts)))
+        if top:
+            offers.append(("trending", self.catalog.indexes_of(top)))
+        if fresh is not None:
+            offers.append(("fresh", fresh))
+        rows, offered = _merge_offers(view, offers, self.catalog.indexes_of(banned))
+        # an item not released yet is never served (catalogs announce releases ahead); the
+        # filter runs on the arrays, so only the items kept are built
+        keep = (~(view.release_times[rows] > t)).tolist()  # NaN (unknown release) is kept
+        wanted = [name for name, good in zip(offered.names, keep, strict=True) if good]
+        items = [item for item in self.catalog.get_many(wanted) if item is not None]
         return CandidatePool(
             user_id=user_id,
             context=context,
             now=t,
             items=items,
-            channels=channels,
+            offers=offered,
             exclude=frozenset(banned),
         )
 
@@ -530,34 +597,31 @@ class Engine:
             self.decisions.put(decision)
         return as_recommendation(decision)
 
-    def _bandit_candidates(self, scored: ScoredPool) -> list[Candidate]:
+    def _bandit_candidates(self, scored: ScoredPool) -> CandidateColumns:
+        """The bandit's view of the scored pool, as columns (no object per candidate)."""
         pool = scored.pool
         items = scored.items
-        if not items:
-            return []
         ids = [i.item_id for i in items]
-        vectors = self._relevance.item_vectors(items)
-        pop = self._popularity.scores(ids, pool.now)
-        trend = self._popularity.trends(ids, pool.now)
-        exp_item = self._exposure.items(pool.user_id, ids, pool.now)
-        exp_artist = self._exposure.artists(pool.user_id, [i.artist for i in items], pool.now)
-        out = []
-        for j, item in enumerate(items):
-            age = (pool.now - item.release_time) / _DAY if item.release_time is not None else 365.0
-            out.append(
-                Candidate(
-                    item_id=item.item_id,
-                    artist=item.artist,
-                    vector=vectors[j, :-1],  # the latent part: similarity of tastes
-                    relevance=float(scored.relevance[j]),
-                    popularity=float(pop[j]),
-                    trend=float(trend[j]),
-                    age_days=max(0.0, age),
-                    exposure_item=float(exp_item[j]),
-                    exposure_artist=float(exp_artist[j]),
-                )
-            )
-        return out
+        artists = [i.artist for i in items]
+        if not items:
+            empty = np.zeros(0)
+            return CandidateColumns(ids, artists, None, empty, empty, empty, empty, empty, empty)
+        now = pool.now
+        ages = [
+            (now - i.release_time) / _DAY if i.release_time is not None else 365.0 for i in items
+        ]
+        return CandidateColumns(
+            item_ids=ids,
+            artists=artists,
+            # the latent part of the item vectors: similarity of tastes
+            vectors=self._relevance.item_vectors(items)[:, :-1],
+            relevance=scored.relevance,
+            popularity=self._popularity.scores(ids, now),
+            trend=self._popularity.trends(ids, now),
+            age_days=np.array(ages, dtype=float),  # the bandit counts a negative age as 0
+            exposure_item=self._exposure.items(pool.user_id, ids, now),
+            exposure_artist=self._exposure.artists(pool.user_id, artists, now),
+        )
 
     def _greedy(self, scored: ScoredPool, k: int) -> list[SlateEntry]:
         per_artist: dict[str, int] = {}

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 
 import numpy as np
 import pytest
 import vowpalwabbit
 
-from online.bandit import ACTION_FEATURES, EXPLORATIONS, BanditReranker, Candidate
+from feedback.events import SlateEntry
+from online.bandit import (
+    ACTION_FEATURES,
+    EXPLORATIONS,
+    BanditReranker,
+    Candidate,
+    CandidateColumns,
+    _round,
+    _static_features,
+    _static_rows,
+)
 
 SHARED = {"user": "tom", "device": "ios", "hour": 21, "history": 40}
 
@@ -213,3 +224,159 @@ def test_invalid_hyperparameters_are_rejected(kwargs, match):
 def test_bad_max_per_artist_is_rejected():
     with pytest.raises(ValueError, match="max_per_artist"):
         BanditReranker().rank(SHARED, candidates(3), 2, max_per_artist=0)
+
+
+# -- the vectorized slot loop against a plain one --------------------------------------------
+
+
+def _reference_rank(
+    bandit: BanditReranker,
+    shared: dict,
+    cands: list[Candidate],
+    k: int,
+    explore: bool,
+    max_per_artist: int | None,
+) -> list[SlateEntry]:
+    """The slot loop written plainly, one candidate object at a time, through VW's Python
+    wrappers: the oracle for :meth:`BanditReranker.rank` (same seed, same list)."""
+    pool: list[Candidate] = []
+    for c in cands:
+        if c.item_id not in {p.item_id for p in pool}:
+            pool.append(c)
+    static = [_static_features(c) for c in pool]
+    doc = {
+        "s": bandit._shared_namespace(shared),
+        "p": {"pos": 1.0},
+        "_multi": [{"a": f, "d": {"sim": 1.0}} for f in static],
+    }
+    n = len(pool)
+    units = np.zeros((n, len(pool[0].vector))) if pool[0].vector is not None else None
+    if units is not None:
+        for i, c in enumerate(pool):
+            norm = np.sqrt(np.dot(c.vector, c.vector))
+            units[i] = c.vector / norm if norm > 0 else 0.0
+    sim, served = np.zeros(n), np.full(n, 1.0)
+    placed: list[int] = []
+    slate: list[SlateEntry] = []
+    exs = bandit._ws.parse(json.dumps(doc))
+    try:
+        for position in range(k):
+            count = Counter(pool[i].artist for i in placed)
+            eligible = [
+                i
+                for i in range(n)
+                if i not in placed
+                and (max_per_artist is None or count[pool[i].artist] < max_per_artist)
+            ]
+            if not eligible:
+                break
+            pos_value = round(math.log1p(position), 4)
+            bandit._set(exs[0], "p", bandit._pos_index, pos_value)
+            for i in eligible:
+                value = float(np.round(sim[i], 4))
+                if value != served[i]:
+                    bandit._set(exs[1 + i], "d", bandit._sim_index, value)
+                    served[i] = value
+            pmf, costs = bandit._predict([exs[0], *(exs[1 + i] for i in eligible)])
+            greedy = int(np.argmax(pmf))
+            if explore:
+                j = int(np.searchsorted(np.cumsum(pmf), bandit._rng.random(), side="right"))
+                j = min(j, len(eligible) - 1)
+                while pmf[j] <= 0.0:
+                    j -= 1
+                propensity = float(pmf[j])
+            else:
+                j, propensity = greedy, 1.0
+            chosen = eligible[j]
+            cost = (
+                float(costs[j]) if costs is not None else exs[1 + chosen].get_partial_prediction()
+            )
+            features = {**static[chosen], "sim": float(served[chosen]), "pos": pos_value}
+            slate.append(
+                SlateEntry(pool[chosen].item_id, position, -cost, min(1.0, propensity),
+                           j != greedy, features)
+            )  # fmt: skip
+            placed.append(chosen)
+            if units is not None:
+                sim = np.maximum(sim, units @ units[chosen])
+    finally:
+        bandit._ws.finish_example(exs)
+    return slate
+
+
+def _trained_pair(exploration: str, seed: int) -> tuple[BanditReranker, BanditReranker]:
+    """Two rerankers in the same state: the same seed and the same learned samples."""
+    pair = (
+        BanditReranker(exploration=exploration, seed=seed),
+        BanditReranker(exploration=exploration, seed=seed),
+    )
+    rng = np.random.default_rng(seed)
+    for _ in range(300):
+        features = {name: round(float(rng.random()), 4) for name in ACTION_FEATURES}
+        propensity, reward = float(rng.uniform(0.1, 1.0)), float(rng.random() < 0.3)
+        for bandit in pair:
+            bandit.learn_one(SHARED, features, propensity, reward)
+    return pair
+
+
+@pytest.mark.parametrize("exploration", EXPLORATIONS)
+def test_rank_places_what_the_plain_slot_loop_places(exploration):
+    for seed in range(4):
+        ours, reference = _trained_pair(exploration, seed)
+        cands = candidates(60, n_artists=12, seed=seed)
+        cands[5] = Candidate("t5", "ar5", cands[5].vector * 0.0, 0.5)  # a zero vector
+        for explore, cap in ((True, 2), (False, 2), (True, None)):
+            got = ours.rank(SHARED, cands + cands[:7], 30, explore=explore, max_per_artist=cap)
+            want = _reference_rank(reference, SHARED, cands + cands[:7], 30, explore, cap)
+            assert [repr(e) for e in got] == [repr(e) for e in want]
+
+
+def test_columns_and_objects_give_the_same_list():
+    a, b = _trained_pair("squarecb", 5)
+    cands = candidates(50, seed=5)
+    columns = CandidateColumns.of(cands)
+    assert [repr(e) for e in a.rank(SHARED, columns, 20, max_per_artist=2, exclude={"t3"})] == [
+        repr(e) for e in b.rank(SHARED, cands, 20, max_per_artist=2, exclude={"t3"})
+    ]
+    no_vectors = [Candidate(c.item_id, c.artist, None, c.relevance) for c in cands]
+    assert [repr(e) for e in a.rank(SHARED, CandidateColumns.of(no_vectors), 10)] == [
+        repr(e) for e in b.rank(SHARED, no_vectors, 10)
+    ]
+
+
+def test_static_features_by_column_equal_those_of_each_candidate():
+    rng = np.random.default_rng(11)
+    n = 4000
+    values = {
+        "relevance": rng.random(n),
+        "popularity": rng.pareto(1.0, n) * rng.choice([1.0, -1.0, 0.0], n),
+        "trend": rng.normal(0, 3, n),
+        "age_days": rng.normal(30, 300, n),
+        "exposure_item": rng.normal(0.5, 2, n),
+        "exposure_artist": rng.exponential(3, n),
+    }
+    # values whose 4-decimal rounding is a tie or nearly one, zeros of both signs, NaN
+    ties = np.array([0.00005, 0.00015, 1.23455, 0.03125, -0.00005, 2.5e-5, 0.0, -0.0, np.nan])
+    for column in values.values():
+        column[: len(ties)] = ties
+    cands = [
+        Candidate(f"t{i}", "a", None, **{k: float(v[i]) for k, v in values.items()})
+        for i in range(n)
+    ]
+    got = _static_rows(CandidateColumns.of(cands))
+    want = [_static_features(c) for c in cands]
+    assert [repr(row) for row in got] == [repr(row) for row in want]
+
+
+def test_rounding_is_pythons_to_the_bit():
+    rng = np.random.default_rng(3)
+    x = np.concatenate(
+        [
+            rng.normal(0, 1, 20_000),
+            rng.normal(0, 1e6, 1000),
+            np.arange(-2000, 2000) / 20_000 + 0.5e-4,  # ties at the 4th decimal
+            np.nextafter(np.arange(-500, 500) / 20_000, np.inf),
+            np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e300, -1e-300, 5e-5]),
+        ]
+    )
+    assert [repr(v) for v in _round(x).tolist()] == [repr(round(v, 4)) for v in x.tolist()]

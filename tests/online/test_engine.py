@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from feedback.events import Event
 from online.catalog import Catalog
-from online.engine import Engine
+from online.engine import Engine, _merge_offers
 from tests.online.conftest import T0, World, make_engine, run_world
 
 
@@ -174,3 +175,40 @@ def test_a_deferred_cf_index_serves_at_once_and_ends_identical(
     assert a.item_ids == b.item_ids
     lazy.save(tmp_path / "again")  # waits for the index: a complete snapshot
     assert (tmp_path / "again" / "cf_index").exists()
+
+
+def _offered_one_by_one(
+    view: SimpleNamespace, offers: list[tuple[str, np.ndarray]], banned: set[str]
+) -> dict[str, set[str]]:
+    """Channels per candidate id, offer by offer: the oracle for the array merge."""
+    channels: dict[str, set[str]] = {}
+    for channel, idx in offers:
+        for i in idx.tolist():
+            if not 0 <= i < len(view.ids) or not view.available_mask[i]:
+                continue
+            item_id = view.ids[i]
+            if item_id not in banned:
+                channels.setdefault(item_id, set()).add(channel)
+    return channels
+
+
+def test_merged_offers_keep_first_offer_order_and_every_channel():
+    rng = np.random.default_rng(5)
+    n = 300
+    ids = np.array([f"t{i}" for i in range(n)], dtype=object)
+    view = SimpleNamespace(ids=ids, available_mask=rng.random(n) > 0.2)
+    for _ in range(50):
+        offers = [
+            (name, rng.integers(-3, n + 3, size=int(rng.integers(0, 80))))
+            for name in ("cf", "content", "covisit", "trending", "fresh")
+            if rng.random() < 0.8
+        ]
+        banned = {f"t{i}" for i in rng.integers(0, n, size=8)} | {"never-seen"}
+        rows, offered = _merge_offers(
+            view, offers, np.array([int(b[1:]) if b[1:].isdigit() else -1 for b in banned])
+        )
+        want = _offered_one_by_one(view, offers, banned)
+        channels = offered.channels()
+        assert list(channels) == list(want) == offered.names  # first-offer order
+        assert channels == want
+        assert ids[rows].tolist() == offered.names
