@@ -118,6 +118,7 @@ class CandidatePool:
     items: list[Item]
     offers: ChannelOffers = field(default_factory=ChannelOffers)
     exclude: frozenset[str] = frozenset()
+    history: int | None = None  # the listener's session length when the pool was made
     _channels: dict[str, set[str]] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -422,13 +423,16 @@ class Engine:
         nexts: list[str] = []
         top: list[str] = []
         fresh: np.ndarray | None = None
+        shared = self.shared_sessions
+        # a Redis session is read before the lock: a network round trip must not hold it
+        recent_shared = shared.recent(user_id) if shared is not None else None
         with self.lock:
             # only the model and counter reads hold the engine lock: the ANN searches below
             # run under each index's own readers-writer lock and hnswlib releases the GIL
             # while it searches, so the learner goes on meanwhile
             t = self._time(now)
             view = self.catalog.view()
-            recent = self._sessions.recent(user_id)
+            recent = recent_shared if recent_shared is not None else self._sessions.recent(user_id)
             banned = set(exclude)
             banned.update(item for item, _ in recent[-s.recent_exclude :] if s.recent_exclude)
             if s.cf_candidates and len(self._cf_index):
@@ -470,6 +474,7 @@ class Engine:
             items=items,
             offers=offered,
             exclude=frozenset(banned),
+            history=len(recent),
         )
 
     def _available(self, ids: Iterable[str]) -> list[str]:
@@ -544,9 +549,13 @@ class Engine:
 
     # -- stage 3: rerank --------------------------------------------------------------------
 
-    def shared_features(self, user_id: str, context: Context) -> dict[str, Any]:
-        """The listener/context features the bandit sees for a whole list."""
-        history = len(self._sessions.recent(user_id))
+    def shared_features(
+        self, user_id: str, context: Context, history: int | None = None
+    ) -> dict[str, Any]:
+        """The listener/context features the bandit sees for a whole list (``history``: the
+        session length, read from the sessions when not given)."""
+        if history is None:
+            history = len(self._sessions.recent(user_id))
         return {**{str(k): v for k, v in context.items()}, "history": history}
 
     def make_slate(
@@ -560,7 +569,7 @@ class Engine:
         """Fill ``k`` slots from the scored pool; the decision is not logged (see rerank)."""
         pool = scored.pool
         with self.lock:
-            shared = self.shared_features(pool.user_id, pool.context)
+            shared = self.shared_features(pool.user_id, pool.context, pool.history)
             if self.settings.reranker == "bandit":
                 slate = self._bandit.rank(
                     shared,
