@@ -194,12 +194,7 @@ class _VectorFM(facto.FMClassifier):
             weights[j] -= lr * gj
         wopt.n_iterations += 1
         # latents: SGD's vector step (``w -= lr * g`` in place), one optimizer step per key
-        s = X @ V
-        G = g_loss * (X[:, None] * s - V * (X * X)[:, None])
-        if self.l1_latent:
-            G += self.l1_latent * np.sign(V)
-        if self.l2_latent:
-            G += self.l2_latent * V
+        G = self._latent_gradients(V, X, g_loss)
         for i, j in enumerate(keys):
             latents[j] -= lopt.learning_rate * G[i]
             lopt.n_iterations += 1
@@ -211,16 +206,21 @@ class _VectorFM(facto.FMClassifier):
         s = VX.sum(axis=0)
         return 0.5 * float(s @ s - np.einsum("ij,ij->", VX, VX))
 
-    def _update_latents(self, x: dict, g_loss: float) -> None:
-        latents, keys = self.latents, list(x)
-        V = np.stack([latents[j] for j in keys])
-        X = np.fromiter(x.values(), dtype=float, count=len(x))
+    def _latent_gradients(self, V: np.ndarray, X: np.ndarray, g_loss: float) -> np.ndarray:
+        """River's latent gradient of every key at once: row ``i`` for key ``i``."""
         s = X @ V
         G = g_loss * (X[:, None] * s - V * (X * X)[:, None])
         if self.l1_latent:
             G += self.l1_latent * np.sign(V)
         if self.l2_latent:
             G += self.l2_latent * V
+        return G
+
+    def _update_latents(self, x: dict, g_loss: float) -> None:
+        latents, keys = self.latents, list(x)
+        V = np.stack([latents[j] for j in keys])
+        X = np.fromiter(x.values(), dtype=float, count=len(x))
+        G = self._latent_gradients(V, X, g_loss)
         for i, j in enumerate(keys):
             latents[j] = self.latent_optimizer.step(w=latents[j], g=G[i])
 
