@@ -215,8 +215,10 @@ class ContentIndex:
     request path (at start-up and after each learner cycle).
     """
 
-    def __init__(self, dim: int, *, m: int = 16, ef: int = 200, seed: int = 0) -> None:
-        self.index = HNSWRetriever(dim, M=m, ef=ef, num_threads=2, seed=seed)
+    def __init__(
+        self, dim: int, *, m: int = 16, ef: int = 200, seed: int = 0, threads: int = 2
+    ) -> None:
+        self.index = HNSWRetriever(dim, M=m, ef=ef, num_threads=threads, seed=seed)
         self.version = -1
         self._live = np.zeros(0, dtype=bool)
         self._vectors: np.ndarray | None = None
@@ -312,7 +314,11 @@ class Engine:
         self._cf_ready.set()
         if content_index is None and catalog.embedding_dim is not None:
             content_index = ContentIndex(
-                catalog.embedding_dim, m=s.hnsw_m, ef=s.hnsw_ef, seed=s.seed
+                catalog.embedding_dim,
+                m=s.hnsw_m,
+                ef=s.hnsw_ef,
+                seed=s.seed,
+                threads=s.index_threads,
             )
             content_index.sync(catalog)
         self.content_index = content_index
@@ -355,7 +361,9 @@ class Engine:
 
     def _new_index(self, dim: int) -> HNSWRetriever:
         s = self.settings
-        return HNSWRetriever(dim, M=s.hnsw_m, ef=s.hnsw_ef, num_threads=2, seed=s.seed)
+        return HNSWRetriever(
+            dim, M=s.hnsw_m, ef=s.hnsw_ef, num_threads=s.index_threads, seed=s.seed
+        )
 
     # -- introspection ----------------------------------------------------------------------
 
@@ -817,7 +825,7 @@ class Engine:
         if self.content_index is not None:
             self.content_index.sync(self.catalog)
         with self.lock:
-            self._mark_dirty(self._relevance.pop_touched())
+            self._mark_dirty(sorted(self._relevance.pop_touched()))
             n_items = len(self.catalog)
             take = min(len(self._dirty), s.index_refresh_batch)
             chosen = [self._dirty.popitem(last=False)[0] for _ in range(take)]
@@ -866,7 +874,7 @@ class Engine:
         directory.mkdir(parents=True, exist_ok=True)
         self._cf_ready.wait()  # a deferred CF index is part of the state: wait for it
         with self.lock:
-            self._mark_dirty(self._relevance.pop_touched())  # the moved items, all of them
+            self._mark_dirty(sorted(self._relevance.pop_touched()))  # the moved items, all of them
             self._relevance.dump(directory / "relevance.bin")
             self._bandit.dump(directory / "bandit.bin")
             self._cf_index.save(directory / "cf_index")

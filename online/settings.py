@@ -84,6 +84,10 @@ class EngineSettings(BaseSettings):
     hnsw_m: int = Field(16, ge=2)
     """Graph degree of the HNSW indexes."""
 
+    index_threads: int = Field(2, ge=1)
+    """Threads hnswlib inserts with. More build faster, but the graph then depends on thread
+    timing, so searches (and lists) are reproducible run to run only with 1; simulations use 1."""
+
     index_refresh_batch: int = Field(5000, ge=1)
     """Most item vectors re-indexed per learner cycle from the items the last updates moved."""
 

@@ -52,6 +52,8 @@ class EnginePolicy:
             **{
                 "seed": seed,
                 "reranker": "bandit" if name == "segue" else "relevance",
+                # one insert thread: a multi-threaded HNSW graph differs run to run
+                "index_threads": 1,
                 **(engine or {}),
             }
         )
