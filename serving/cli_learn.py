@@ -37,7 +37,7 @@ def learn(
     from feedback.decisions import DecisionLog, InMemoryDecisionLog, RedisDecisionLog
     from feedback.log import SQLEventLog
     from online.catalog import Catalog
-    from online.heap import freeze_heap, refreeze_later
+    from online.heap import HeapGuard, freeze_heap, refreeze_later
     from online.learner import Learner, open_engine
     from snapshots import CutSchedule, SnapshotStore
     from snapshots.guard import PromotionGuard
@@ -105,5 +105,6 @@ def learn(
                 logger.exception("could not reload the catalog")
 
     threading.Thread(target=reload_catalog, daemon=True).start()
-    learner.run(stop)  # cuts a snapshot on a clean stop
+    with HeapGuard(settings.gc_reclaim_s):
+        learner.run(stop)  # cuts a snapshot on a clean stop
     typer.echo("learner stopped")

@@ -30,7 +30,7 @@ def serve(
     """Run the HTTP service. Example: segue serve --port 8000 --demo"""
     import uvicorn
 
-    from online.heap import freeze_heap
+    from online.heap import HeapGuard, freeze_heap
     from serving.app import create_app
 
     try:
@@ -40,10 +40,11 @@ def serve(
         raise typer.Exit(2) from None
     app = create_app(settings, demo=demo, embedded_learner=learner)
     freeze_heap()
-    uvicorn.run(
-        app,
-        host=host or settings.serving.host,
-        port=port or settings.serving.port,
-        log_level=log_level,
-        access_log=False,
-    )
+    with HeapGuard(settings.gc_reclaim_s):
+        uvicorn.run(
+            app,
+            host=host or settings.serving.host,
+            port=port or settings.serving.port,
+            log_level=log_level,
+            access_log=False,
+        )

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import bisect
+import gc
+import time
+from collections.abc import Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 
@@ -69,5 +77,61 @@ class Metrics:
             "segue_model_version_info", "The model version being served", ["version"], registry=r
         )
 
+        self.gc_pauses = GCPauses()
+        r.register(self.gc_pauses)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+GC_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class GCPauses(Collector):
+    """``segue_gc_pause_seconds{generation}``: how long each garbage collection held the
+    process (every thread waits for it). Long full-collection pauses are what a frozen heap
+    (online.heap) prevents; this is where an operator sees whether it does.
+
+    Counted in plain lists from a ``gc.callbacks`` hook rather than a prometheus Histogram:
+    the hook runs inside whatever allocation set the collector off, which may be inside the
+    metrics library's own locked section, and a lock taken there could deadlock.
+    """
+
+    def __init__(self) -> None:
+        self._counts = [[0] * (len(GC_BUCKETS) + 1) for _ in range(3)]
+        self._sums = [0.0, 0.0, 0.0]
+        self._started = 0.0
+        self._watching = False
+
+    def watch(self) -> None:
+        if not self._watching:
+            gc.callbacks.append(self._hook)
+            self._watching = True
+
+    def unwatch(self) -> None:
+        if self._watching:
+            gc.callbacks.remove(self._hook)
+            self._watching = False
+
+    def _hook(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        took = time.perf_counter() - self._started
+        generation = min(2, int(info.get("generation", 2)))
+        self._counts[generation][bisect.bisect_left(GC_BUCKETS, took)] += 1
+        self._sums[generation] += took
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(
+            "segue_gc_pause_seconds",
+            "Garbage-collection pauses of this process, by generation",
+            labels=["generation"],
+        )
+        for generation in range(3):
+            counts, cumulative, buckets = self._counts[generation], 0, []
+            for bound, n in zip((*GC_BUCKETS, float("inf")), counts, strict=True):
+                cumulative += n
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            family.add_metric([str(generation)], buckets, self._sums[generation])
+        yield family

@@ -133,6 +133,7 @@ class Services:
         )
         services.refresh_popular()
         services.metrics.model_info.labels(engine.model_version).set(1)
+        services.metrics.gc_pauses.watch()
         return services
 
     # -- running ----------------------------------------------------------------------------
@@ -260,6 +261,7 @@ class Services:
     def close(self) -> None:
         self._stop.set()
         self.new_events.set()
+        self.metrics.gc_pauses.unwatch()
         if self._watch is not None:
             self._watch.interrupt()
         for thread in self._threads:

@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     embedding_dim: int | None = Field(64, ge=1)
     """Dimension of the catalog's content embeddings (unset: the catalog has none)."""
 
+    gc_reclaim_s: float = Field(3600.0, ge=0)
+    """``segue serve`` and ``segue learn`` keep their model state out of the garbage
+    collector's way (it would stall requests); every this many seconds one deep pass frees
+    what that kept back (one pause of about 0.1-0.2 s per million learned objects; 0: never)."""
+
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 
@@ -207,3 +208,16 @@ def test_items_api_rejects_bad_items_by_name_and_delete_hides_an_item(client: Te
     for _ in range(3):
         again = client.post("/v1/recommend", json={"user_id": "z", "k": 30}).json()
         assert victim not in {i["item_id"] for i in again["items"]}
+
+
+def test_garbage_collection_pauses_are_a_metric(client: TestClient):
+    def full_collections() -> float:
+        for line in client.get("/metrics").text.splitlines():
+            if line.startswith('segue_gc_pause_seconds_count{generation="2"}'):
+                return float(line.split()[-1])
+        raise AssertionError("no segue_gc_pause_seconds metric")
+
+    before = full_collections()
+    gc.collect()
+    gc.collect()
+    assert full_collections() == before + 2
