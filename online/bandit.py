@@ -201,6 +201,8 @@ class CandidateColumns:
 
 
 _SCALE = 10.0**_DIGITS
+# the position feature of the first slots, as the slot loop computes it
+_POSITION_VALUES = tuple(round(math.log1p(p), _DIGITS) for p in range(128))
 
 
 def _round(x: np.ndarray) -> np.ndarray:
@@ -369,16 +371,19 @@ class BanditReranker:
         return pmf / pmf.sum(), None
 
     def _squarecb(self, costs: np.ndarray) -> np.ndarray:
+        return np.array(self._squarecb_list(costs.tolist()))
+
+    def _squarecb_list(self, costs: list[float]) -> list[float]:
+        """SquareCB's pmf over plain floats: a slot has at most a rerank pool of actions, where
+        numpy's per-call cost is most of the work. The IEEE operations are numpy's, in the
+        same order (the best action's mass is 1 minus numpy's pairwise sum of the others)."""
         n = len(costs)
-        best = int(costs.argmin())
+        low = min(costs)
+        best = costs.index(low)  # argmin's first minimum
         gamma = self.gamma_scale * float(self.n_learned) ** self.gamma_exponent
-        # 1 / (n + gamma * (c - c_best)) in one buffer (the same IEEE operations, commuted)
-        pmf = costs - costs[best]
-        pmf *= gamma
-        pmf += n
-        np.divide(1.0, pmf, out=pmf)
+        pmf = [1.0 / ((c - low) * gamma + n) for c in costs]
         pmf[best] = 0.0
-        pmf[best] = max(0.0, 1.0 - np.add.reduce(pmf))  # ndarray.sum() without its wrapper
+        pmf[best] = max(0.0, 1.0 - float(np.add.reduce(pmf)))
         return pmf
 
     # ------------------------------------------------------------------ ranking
@@ -473,12 +478,19 @@ class BanditReranker:
         exs = pylibvw.vw._parse(ws, orjson.dumps(doc).decode())
         try:
             shared_ex, actions = exs[0], exs[1:]
+            # the eligible rows and their examples, in row order, kept as lists: placing an
+            # item removes one entry, an artist reaching its cap removes a few
+            eligible = list(range(n))
+            batch = [shared_ex, *actions]
             for position in range(k):
-                eligible = eligible_mask.nonzero()[0]
                 m = len(eligible)
                 if m == 0:
                     break
-                pos_value = round(math.log1p(position), _DIGITS)
+                pos_value = (
+                    _POSITION_VALUES[position]
+                    if position < len(_POSITION_VALUES)
+                    else (round(math.log1p(position), _DIGITS))
+                )
                 pop_feature(shared_ex, ns_p)
                 push_feature(shared_ex, ns_p, pos_index, pos_value)
                 # np.round(sim, _DIGITS) step for step (scale, rint, unscale), in place
@@ -495,20 +507,19 @@ class BanditReranker:
                         ex = actions[idx]
                         pop_feature(ex, ns_d)
                         push_feature(ex, ns_d, sim_index, value)
-                chosen_actions = [actions[idx] for idx in eligible.tolist()]
                 # VW's prediction for every eligible action of this slot in one call
-                predict_multi(ws, [shared_ex, *chosen_actions])
+                predict_multi(ws, batch)
+                chosen_actions = batch[1:]
                 if squarecb:
-                    costs = np.fromiter(map(partial, chosen_actions), float, m)
-                    pmf = self._squarecb(costs)
+                    costs = list(map(partial, chosen_actions))
+                    probs = self._squarecb_list(costs)
                 else:
                     costs = None
                     pmf = np.asarray(shared_ex.get_action_scores(), dtype=float)
-                    pmf = pmf / pmf.sum()
-                # a slot has at most a rerank pool of actions: plain lists beat numpy's per-call
-                # cost, with the same arithmetic (argmax's first maximum, cumsum's running sum,
-                # and searchsorted(side="right") is bisect_right)
-                probs = pmf.tolist()
+                    probs = (pmf / pmf.sum()).tolist()
+                # plain lists beat numpy's per-call cost here, with the same arithmetic
+                # (argmax's first maximum, cumsum's running sum, searchsorted(side="right")
+                # is bisect_right)
                 greedy = probs.index(max(probs))
                 if explore:
                     u = self._rng.random()
@@ -518,8 +529,8 @@ class BanditReranker:
                     propensity = probs[j]
                 else:
                     j, propensity = greedy, 1.0
-                cost = float(costs[j]) if costs is not None else partial(chosen_actions[j])
-                chosen = int(eligible[j])
+                cost = costs[j] if costs is not None else partial(chosen_actions[j])
+                chosen = eligible[j]
                 features = dict(static[chosen])
                 features["sim"] = float(served_sim[chosen])
                 features["pos"] = pos_value
@@ -534,10 +545,17 @@ class BanditReranker:
                     )
                 )
                 eligible_mask[chosen] = False
+                del eligible[j]
+                del batch[j + 1]
                 artist = artists[chosen]
                 per_artist[artist] += 1
                 if max_per_artist is not None and per_artist[artist] >= max_per_artist:
-                    eligible_mask[by_artist[artist]] = False
+                    capped = by_artist[artist]
+                    eligible_mask[capped] = False
+                    if len(capped) > 1:
+                        keep = [t for t, row in enumerate(eligible) if eligible_mask[row]]
+                        eligible = [eligible[t] for t in keep]
+                        batch = [shared_ex, *(batch[t + 1] for t in keep)]
                 if units is not None:
                     np.maximum(sim, units @ units[chosen], out=sim)
         finally:
