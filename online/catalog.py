@@ -88,6 +88,9 @@ __all__ = [
 ]
 
 
+_NO_ATTRIBUTES: Mapping[str, Any] = MappingProxyType({})
+
+
 class CatalogError(Exception):
     """Base of the catalog's errors."""
 
@@ -283,14 +286,19 @@ class Catalog:
         """The item, or ``None`` when the catalog has never seen ``item_id``."""
         return self.get_many((item_id,))[0]
 
-    def get_many(self, item_ids: Iterable[str]) -> list[Item | None]:
+    def get_many(self, item_ids: Iterable[str], *, content: bool = True) -> list[Item | None]:
         """:meth:`get` for many ids at once (one lock, array reads in bulk): the request path
-        builds a few hundred items per list."""
+        builds a few hundred items per list.
+
+        ``content=False`` leaves out what no ranking stage reads: an item not cached already
+        comes without its ``embedding`` (a tuple of floats per item, most of the cost of
+        building one) and ``attributes``; such items are not cached.
+        """
         with self._lock:
             index, records, cache = self._index, self._records, self._item_cache
             ids = list(item_ids)
             rows = [index.get(item_id, -1) for item_id in ids]
-            if len(cache) + len(rows) > self.item_cache_size:
+            if content and len(cache) + len(rows) > self.item_cache_size:
                 cache.clear()
             pos: dict[int, int] = {}
             for i in rows:
@@ -302,7 +310,7 @@ class Catalog:
             view = self._view
             releases = view.release_times[known].tolist()
             available = view.available_mask[known].tolist()
-            if view.embeddings is not None:
+            if content and view.embeddings is not None:
                 has = view.has_embedding[known].tolist()
                 vectors = view.embeddings[known].tolist()
             else:
@@ -310,6 +318,7 @@ class Catalog:
                 vectors = []
             out: list[Item | None] = []
             built: dict[int, Item] = {}
+            keep = content and self.item_cache_size > 0
             for item_id, i in zip(ids, rows, strict=True):
                 if i < 0:
                     out.append(None)
@@ -320,11 +329,16 @@ class Catalog:
                     continue
                 j = pos[i]
                 title, artist, genres, duration_ms, attributes = records[i]
-                if isinstance(attributes, str):
-                    # parsed once, on first use (loading a million rows stays fast)
-                    attributes = json.loads(attributes)
-                    records[i] = (title, artist, genres, duration_ms, attributes)
                 release = releases[j]
+                if content:
+                    if isinstance(attributes, str):
+                        # parsed once, on first use (loading a million rows stays fast)
+                        attributes = json.loads(attributes)
+                        records[i] = (title, artist, genres, duration_ms, attributes)
+                    # shared by every caller of a cached item: read-only
+                    extra = MappingProxyType(dict(attributes or {}))
+                else:
+                    extra = _NO_ATTRIBUTES
                 item = Item(
                     item_id=item_id,
                     title=title,
@@ -334,11 +348,10 @@ class Catalog:
                     duration_ms=duration_ms,
                     available=available[j],
                     embedding=tuple(vectors[j]) if has[j] else None,
-                    # shared by every caller of a cached item: read-only
-                    attributes=MappingProxyType(dict(attributes or {})),
+                    attributes=extra,
                 )
                 built[i] = item
-                if self.item_cache_size > 0:
+                if keep:
                     cache[i] = item
                 out.append(item)
             return out

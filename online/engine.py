@@ -474,7 +474,7 @@ class Engine:
         # filter runs on the arrays, so only the items kept are built
         keep = (~(view.release_times[rows] > t)).tolist()  # NaN (unknown release) is kept
         wanted = [name for name, good in zip(offered.names, keep, strict=True) if good]
-        items = [item for item in self.catalog.get_many(wanted) if item is not None]
+        items = [i for i in self.catalog.get_many(wanted, content=False) if i is not None]
         return CandidatePool(
             user_id=user_id,
             context=context,

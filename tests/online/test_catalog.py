@@ -55,6 +55,20 @@ def test_upsert_get_indexes_and_version(catalog):
         catalog.index_of("zzz")
 
 
+def test_items_without_content_for_ranking_leave_the_cache_whole(catalog):
+    a = Item("a", title="A", artist="x", genres=("rock",), release_time=10.0,
+             duration_ms=1000, embedding=(1.0, 0.0, 0.0), attributes={"label": "L"})  # fmt: skip
+    catalog.upsert([a, Item("b", artist="y")])
+    lite, missing = catalog.get_many(["a", "zzz"], content=False)
+    assert missing is None
+    assert lite == Item("a", title="A", artist="x", genres=("rock",), release_time=10.0,
+                        duration_ms=1000)  # fmt: skip
+    # not cached: a later full read still has the embedding and the attributes
+    assert catalog.get("a") == a
+    # a cached full item is what a ranking read gets too
+    assert catalog.get_many(["a"], content=False) == [a]
+
+
 def test_update_moves_artist_and_keeps_index(catalog):
     catalog.upsert([Item("a", artist="x", genres=("g1",)), Item("b", artist="x")])
     assert catalog.upsert([Item("a", artist="z", genres=("g2",))]) == 1
