@@ -8,6 +8,8 @@ server turns into an error the API answers with 503, not a hung request.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +51,9 @@ def create_db_engine(
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute(f"PRAGMA synchronous={sync}")
             cur.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+            _ensure_wal(cur, timeout_s)
+            cur.execute(f"PRAGMA synchronous={sync}")
             cur.close()
 
         return engine
@@ -66,6 +68,23 @@ def create_db_engine(
         kwargs["pool_pre_ping"] = True
         return sa.create_engine(url_obj, **kwargs)
     return sa.create_engine(url, **kwargs)
+
+
+def _ensure_wal(cur: Any, timeout_s: float) -> None:
+    """Switch the file to WAL once. The mode is stored in the file, so later connections only
+    read it; switching takes an exclusive lock that SQLite does not wait for (no busy
+    handler), so processes opening a fresh file together retry within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
+        if str(mode).lower() == "wal":
+            return
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def is_postgres(engine: Engine) -> bool:
