@@ -21,8 +21,24 @@ in the distributed mode): ``item_id`` (primary key), ``idx`` (the dense index, u
 ``title``, ``artist``, ``genres`` (JSON array text), ``release_time`` (epoch seconds, double),
 ``duration_ms``, ``available``, ``embedding`` (little-endian float32 bytes, ``LargeBinary``:
 4 bytes a value instead of ~20 as JSON text, and decoded with one ``frombuffer`` for a million
-rows), ``attributes`` (JSON object text, NULL when empty) and ``updated_at``. One process
-writes a catalog database (the service or the ``segue catalog`` command); others re-``load``.
+rows), ``attributes`` (JSON object text, NULL when empty) and ``updated_at`` (epoch
+seconds of the row's last write, indexed: :meth:`Catalog.sync` asks for the recent ones).
+
+Several processes
+-----------------
+Serving workers, ``segue learn`` and ``segue catalog`` each hold their own catalog over one
+table. Writes (:meth:`Catalog.upsert`, :meth:`Catalog.set_available`) take the database's
+write lock (``BEGIN IMMEDIATE`` on SQLite, an advisory transaction lock on PostgreSQL), read
+what other processes committed, and only then hand out dense indexes (after the last one in
+the table, so two processes adding items never collide) and stamp ``updated_at``. Each stamp
+is later than every stamp already in the table, so stamp order is commit order even across
+hosts whose clocks disagree.
+
+:meth:`Catalog.sync` then brings a process up to date: it reads the rows past its last dense
+index and the rows stamped after its *watermark* (the latest stamp it has seen), plus, for
+rows written by other means, those stamped up to :data:`SYNC_MARGIN_S` before its last read
+began; it applies the ones that differ from memory. When nothing changed that is one indexed
+query, so every process can sync every second.
 
 Removing
 --------
@@ -32,8 +48,8 @@ its dense index and its metadata stay.
 
 Thread safety
 -------------
-Writes (an HTTP handler, the importer) take a lock, write the database first, then apply the
-change in memory, so a failed write leaves the catalog as it was. Readers take no lock: the
+Writes (an HTTP handler, the importer) and syncs take a lock; a write changes the database
+first, then memory, so a failed write leaves its change out of memory. Readers take no lock: the
 arrays they get (``ids``, ``available_mask``, ``release_times``, ``embeddings``) are never
 changed in place once published. A write that changes existing rows copies the array first
 (copy-on-write: about a millisecond per million items for the mask, more for embeddings);
@@ -57,6 +73,7 @@ array([False,  True])
 
 from __future__ import annotations
 
+import bisect
 import csv
 import functools
 import json
@@ -73,9 +90,11 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
+from feedback.db import is_postgres, is_sqlite
 from online.items import Item
 
 __all__ = [
+    "SYNC_MARGIN_S",
     "Catalog",
     "CatalogError",
     "CatalogView",
@@ -101,6 +120,17 @@ class UnknownItemError(CatalogError, KeyError):
 
 TABLE_NAME = "segue_items"
 
+SYNC_MARGIN_S = 2.0
+"""Seconds before its last read began from which :meth:`Catalog.sync` reads rows again.
+
+Catalog writes stamp rows in commit order, so rows stamped after the watermark are exact for
+them. The margin is for rows written otherwise (an older segue, a script, SQL by hand), whose
+stamp is some clock's time when the write began: the write's own duration, a clock step and
+the skew between two hosts' clocks may date it before a read that did not see it yet. Rows
+read again are skipped (their stamp tells) unless they changed."""
+
+_WRITE_LOCK_KEY = 0x5E61  # pg_advisory_xact_lock key for catalog writes (the event log's: 0x5E6E)
+
 
 def items_table(metadata: sa.MetaData) -> sa.Table:
     """The ``segue_items`` table definition, bound to ``metadata``."""
@@ -118,6 +148,7 @@ def items_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("embedding", sa.LargeBinary, nullable=True),
         sa.Column("attributes", sa.Text, nullable=True),
         sa.Column("updated_at", sa.Double, nullable=False),
+        sa.Index(f"ix_{TABLE_NAME}_updated_at", "updated_at"),
     )
 
 
@@ -151,6 +182,14 @@ def _genres_json(genres: tuple[str, ...]) -> str:
 @functools.lru_cache(maxsize=65_536)
 def _genres_tuple(text: str) -> tuple[str, ...]:
     return tuple(json.loads(text))
+
+
+def _same_attributes(held: Mapping[str, Any] | str | None, stored: str | None) -> bool:
+    """Whether a record's attributes (a mapping, or JSON text not parsed yet) are ``stored``."""
+    if isinstance(held, str) and held == stored:
+        return True
+    mine = json.loads(held) if isinstance(held, str) else dict(held or {})
+    return mine == (json.loads(stored) if stored else {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +274,13 @@ class Catalog:
         self._release_buf = np.zeros(0, dtype=np.float64)
         self._has_emb_buf = np.zeros(0, dtype=bool)
         self._emb_buf = np.zeros((0, dim), dtype=np.float32)
+        # each row's updated_at as last read or written (never published): a row read again
+        # with the same stamp is the same row, so sync need not compare it field by field
+        self._stamp_buf = np.zeros(0, dtype=np.float64)
+        # sync's watermark: the latest updated_at memory has seen (-inf: none), and this
+        # process's clock when the last complete read began (see _since)
+        self._synced_until = -math.inf
+        self._synced_at = -math.inf
         self._version = 0
         self._publish()
 
@@ -336,7 +382,7 @@ class Catalog:
                         attributes = json.loads(attributes)
                         records[i] = (title, artist, genres, duration_ms, attributes)
                     # shared by every caller of a cached item: read-only
-                    extra = MappingProxyType(dict(attributes or {}))
+                    extra: Mapping[str, Any] = MappingProxyType(dict(attributes or {}))
                 else:
                     extra = _NO_ATTRIBUTES
                 item = Item(
@@ -394,13 +440,35 @@ class Catalog:
 
     def _ensure_table(self) -> None:
         """Create the table on first use, not in the constructor, so a service whose
-        database is down still starts (its readiness check says so) instead of crashing."""
+        database is down still starts (its readiness check says so) instead of crashing.
+
+        Indexes are created one by one as well: a table made before an index was added to its
+        definition gets it here. Under the write lock, since processes start together."""
         if self._table_ready:
             return
         with self._lock:
             if not self._table_ready:
-                self._table.create(self._engine, checkfirst=True)
+                with self._engine.begin() as conn:
+                    self._lock_for_write(conn)
+                    self._table.create(conn, checkfirst=True)
+                    for index in self._table.indexes:
+                        index.create(conn, checkfirst=True)
                 self._table_ready = True
+
+    def _lock_for_write(self, conn: sa.Connection) -> None:
+        """Take the database's write lock first, as the event log does: on SQLite a
+        transaction that reads and then writes fails with "database is locked" when another
+        writer got in between (no busy wait on a lock upgrade), so writes begin IMMEDIATE; on
+        PostgreSQL an advisory lock makes the read-then-write atomic across processes."""
+        if is_postgres(self._engine):
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_WRITE_LOCK_KEY)))
+        elif is_sqlite(self._engine):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    def _stamp(self) -> float:
+        """``updated_at`` for a write (under the write lock, after catching up): now, but
+        later than every stamp in the table, so stamp order is commit order on every host."""
+        return max(time.time(), math.nextafter(self._synced_until, math.inf))
 
     # -- writing -------------------------------------------------------------------------
 
@@ -424,15 +492,19 @@ class Catalog:
                 first = with_embedding[int(np.argmax(bad))].item_id
                 raise ValueError(f"item {first!r}: embedding has non-finite values")
         with self._lock:
-            new = [it for iid, it in batch.items() if iid not in self._index]
-            changed = [
-                it for iid, it in batch.items() if iid in self._index and self.get(iid) != it
-            ]
-            if not new and not changed:
-                return 0
-            now = time.time()
             self._ensure_table()
             with self._engine.begin() as conn:
+                self._lock_for_write(conn)
+                # what other processes committed first: new items go after theirs, and
+                # "changed" means changed from the table, not from a stale memory
+                self._catch_up(conn)
+                new = [it for iid, it in batch.items() if iid not in self._index]
+                changed = [
+                    it for iid, it in batch.items() if iid in self._index and self.get(iid) != it
+                ]
+                if not new and not changed:
+                    return 0
+                now = self._stamp()
                 if new:
                     rows = [self._row(it, self._n + j, now) for j, it in enumerate(new)]
                     conn.execute(self._table.insert(), rows)
@@ -446,28 +518,37 @@ class Catalog:
                         ),
                         rows,
                     )
-            self._apply(new, changed)
+            self._apply(new, changed, now)
+            self._synced_until = now
             return len(new) + len(changed)
 
     def set_available(self, item_id: str, available: bool) -> bool:
-        """Set an item's availability; returns whether it changed."""
+        """Set an item's availability; returns whether it changed.
+
+        Raises :class:`UnknownItemError` for an id the table does not have either (the item
+        may be another process's, not synced here yet)."""
         with self._lock:
-            i = self.index_of(item_id)
-            if bool(self._avail_buf[i]) == bool(available):
-                return False
             self._ensure_table()
             with self._engine.begin() as conn:
+                self._lock_for_write(conn)
+                self._catch_up(conn)
+                i = self.index_of(item_id)
+                if bool(self._avail_buf[i]) == bool(available):
+                    return False
+                now = self._stamp()
                 conn.execute(
                     self._table.update()
                     .where(self._table.c.item_id == item_id)
-                    .values(available=bool(available), updated_at=time.time())
+                    .values(available=bool(available), updated_at=now)
                 )
             avail = self._avail_buf.copy()  # copy-on-write: published arrays never change
             avail[i] = bool(available)
+            self._stamp_buf[i] = now
             self._item_cache.pop(i, None)
             self._avail_buf = avail
             self._version += 1
             self._publish()
+            self._synced_until = now
             return True
 
     def remove(self, item_id: str) -> bool:
@@ -509,9 +590,11 @@ class Catalog:
         self._release_buf = grown(self._release_buf, np.nan)
         self._has_emb_buf = grown(self._has_emb_buf, False)
         self._emb_buf = grown(self._emb_buf, 0.0)
+        self._stamp_buf = grown(self._stamp_buf, -math.inf)
 
-    def _apply(self, new: list[Item], changed: list[Item]) -> None:
-        """Put items into memory (under the lock) and publish a new view."""
+    def _apply(self, new: list[Item], changed: list[Item], now: float) -> None:
+        """Put items written with ``updated_at=now`` into memory (under the lock) and publish
+        a new view."""
         if changed:
             # rows readers may hold: copy before writing
             self._avail_buf = self._avail_buf.copy()
@@ -529,15 +612,17 @@ class Catalog:
             self._ids_buf[i] = item.item_id
             self._records.append(self._record(item))
             self._n += 1
+            self._stamp_buf[i] = now
             self._set_arrays(i, item)
-            self._link(i, item)
+            self._link(i, item.artist, item.genres)
         for item in changed:
             i = self._index[item.item_id]
             self._item_cache.pop(i, None)
             self._unlink(i)
             self._records[i] = self._record(item)
+            self._stamp_buf[i] = now
             self._set_arrays(i, item)
-            self._link(i, item)
+            self._link(i, item.artist, item.genres)
         self._version += 1
         self._publish()
 
@@ -556,11 +641,13 @@ class Catalog:
             self._emb_buf[i] = 0.0
             self._has_emb_buf[i] = False
 
-    def _link(self, i: int, item: Item) -> None:
-        if item.artist:
-            self._by_artist.setdefault(item.artist, []).append(i)
-        for genre in dict.fromkeys(item.genres):
-            self._by_genre.setdefault(genre, []).append(i)
+    def _link(self, i: int, artist: str, genres: Iterable[str]) -> None:
+        """Index row ``i`` by artist and genre, in index order (a changed row keeps its
+        place: every catalog then lists the same, whatever order its changes came in)."""
+        if artist:
+            bisect.insort(self._by_artist.setdefault(artist, []), i)
+        for genre in dict.fromkeys(genres):
+            bisect.insort(self._by_genre.setdefault(genre, []), i)
 
     def _unlink(self, i: int) -> None:
         _, artist, genres, _, _ = self._records[i]
@@ -590,47 +677,226 @@ class Catalog:
 
     # -- loading -------------------------------------------------------------------------
 
+    def _columns(self) -> list[sa.Column[Any]]:
+        """The columns :meth:`_load_part` takes, in its order (``updated_at`` last)."""
+        c = self._table.c
+        return [
+            c.item_id,
+            c.idx,
+            c.title,
+            c.artist,
+            c.genres,
+            c.release_time,
+            c.duration_ms,
+            c.available,
+            c.embedding,
+            c.attributes,
+            c.updated_at,
+        ]
+
+    @staticmethod
+    def _stream(conn: sa.Connection, query: sa.Select[Any]) -> Iterator[list[Any]]:
+        """``query``'s rows, 50 000 at a time, as plain DBAPI tuples: SQLAlchemy's row
+        objects cost more than the rest of loading together (a million rows: ~5 s of 13 s)."""
+        compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+        params: Any = compiled.params
+        if conn.dialect.positional:
+            params = tuple(params[name] for name in compiled.positiontup or ())
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None, "an open connection has a DBAPI connection"
+        cursor = dbapi.cursor()
+        try:
+            cursor.execute(str(compiled), params)
+            while part := cursor.fetchmany(50_000):
+                yield list(part)
+        finally:
+            cursor.close()
+
     def load(self) -> int:
         """Replace memory with the table's contents (streamed); returns the item count."""
         self._ensure_table()
         t = self._table
-        columns = [
-            t.c.item_id,
-            t.c.idx,
-            t.c.title,
-            t.c.artist,
-            t.c.genres,
-            t.c.release_time,
-            t.c.duration_ms,
-            t.c.available,
-            t.c.embedding,
-            t.c.attributes,
-        ]
         with self._lock:
             self._reset()
             with self._engine.connect() as conn:
-                n_rows = conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
+                # the watermark before the rows: a row committed in between is read twice,
+                # never missed (and a load cut short is completed by sync)
+                started = time.time()
+                n_rows, newest = conn.execute(
+                    sa.select(sa.func.count(), sa.func.max(t.c.updated_at))
+                ).one()
+                self._synced_until = -math.inf if newest is None else newest
+                self._synced_at = started
                 self._ensure(n_rows)
-                # the DBAPI cursor directly: SQLAlchemy's row objects cost more than the rest
-                # of loading together (a million rows: ~5 s of 13 s)
-                sql = str(sa.select(*columns).order_by(t.c.idx).compile(dialect=conn.dialect))
-                dbapi = conn.connection.dbapi_connection
-                assert dbapi is not None, "an open connection has a DBAPI connection"
-                cursor = dbapi.cursor()
-                try:
-                    cursor.execute(sql)
-                    while part := cursor.fetchmany(50_000):
-                        self._load_part(list(part))
-                finally:
-                    cursor.close()
+                for part in self._stream(conn, sa.select(*self._columns()).order_by(t.c.idx)):
+                    self._load_part(part)
             self._version += 1
             self._publish()
             return self._n
 
+    def sync(self) -> int:
+        """Apply what other processes committed since the last sync, load or write; returns
+        how many rows were applied (new and changed items).
+
+        Each process holding a catalog over a shared table calls this every second or so
+        (see "Several processes" in the module doc). When nothing changed it is one query,
+        made without the lock, so readers never wait on the database: the largest dense index
+        and the latest stamp, two lookups at the end of an index each (not "any row past the
+        watermark?", which PostgreSQL may answer by scanning the table). Otherwise the changes
+        are read under the lock (streamed: another process may have imported a million items)
+        and one new view is published.
+        """
+        self._ensure_table()
+        t = self._table
+        with self._lock:
+            n, since = self._n, self._since()
+        started = time.time()
+        with self._engine.connect() as conn:
+            last, latest = conn.execute(
+                sa.select(
+                    sa.select(sa.func.max(t.c.idx)).scalar_subquery(),
+                    sa.select(sa.func.max(t.c.updated_at)).scalar_subquery(),
+                )
+            ).one()
+        if (last is None or last < n) and (since is None or latest is None or latest < since):
+            with self._lock:  # nothing to read up to now: the margin window moves on
+                self._synced_at = max(self._synced_at, started)
+            return 0
+        with self._lock, self._engine.connect() as conn:
+            return self._catch_up(conn)
+
+    def _since(self) -> float | None:
+        """The oldest ``updated_at`` memory may lack (``None``: only new rows; under the lock).
+
+        Catalog writes stamp in commit order, so the rows stamped after the latest stamp memory
+        has seen are exactly the ones it lacks. A row written otherwise (see
+        :data:`SYNC_MARGIN_S`) may carry an older stamp: rows stamped up to the margin before
+        the last read began are read as well. Only right after a write does that reach back
+        past the latest stamp; once nothing changed for longer, nothing is read again.
+        """
+        if self._synced_until == -math.inf:
+            return None
+        return min(math.nextafter(self._synced_until, math.inf), self._synced_at - SYNC_MARGIN_S)
+
+    def _catch_up(self, conn: sa.Connection) -> int:
+        """Apply the rows memory lacks (under the lock): those past its last dense index and
+        those stamped since :meth:`_since`. Publishes a new view if any; returns how many.
+
+        Known items are read in two steps: the stamps of those stamped since :meth:`_since`
+        (the margin reads rows memory has, right after a write many thousands), then the rows
+        whose stamp memory does not have. New items follow, appended while their dense indexes
+        follow on; at a gap (a table written by hand: catalog writes add indexes in commit
+        order) the rest is left to the next call, which reads every index from ``_n`` on
+        anyway. The watermark moves only once every row was read.
+        """
+        t = self._table
+        n, since, started = self._n, self._since(), time.time()
+        newest = self._synced_until
+        columns = self._columns()
+        changed = 0
+        copied: set[str] = set()
+        try:
+            if since is not None and n:
+                stale: list[int] = []
+                stamps_query = sa.select(t.c.idx, t.c.updated_at).where(
+                    t.c.updated_at >= since, t.c.idx < n
+                )
+                for part in self._stream(conn, stamps_query):
+                    idxs = np.fromiter((row[0] for row in part), np.int64, len(part))
+                    stamps = np.fromiter((row[1] for row in part), np.float64, len(part))
+                    newest = max(newest, float(stamps.max()))
+                    stale.extend(idxs[self._stamp_buf[idxs] != stamps].tolist())
+                stale.sort()
+                for k in range(0, len(stale), 1_000):
+                    rows_query = sa.select(*columns).where(t.c.idx.in_(stale[k : k + 1_000]))
+                    for part in self._stream(conn, rows_query):
+                        changed += self._apply_rows(part, copied)
+            gap = False
+            new_query = sa.select(*columns).where(t.c.idx >= n).order_by(t.c.idx)
+            for part in self._stream(conn, new_query):
+                newest = max(newest, max(row[10] for row in part))
+                if gap:
+                    continue
+                idxs = np.fromiter((row[1] for row in part), np.int64, len(part))
+                behind = np.flatnonzero(idxs != np.arange(self._n, self._n + len(part)))
+                run = int(behind[0]) if behind.size else len(part)
+                if run:
+                    self._load_part(part[:run])
+                gap = run < len(part)
+            self._synced_until = newest
+            self._synced_at = max(self._synced_at, started)
+            return changed + self._n - n
+        finally:
+            if changed or self._n != n:
+                self._version += 1
+                self._publish()
+
+    def _apply_rows(self, rows: list[Any], copied: set[str]) -> int:
+        """Apply stored rows of known items; returns how many differed from memory.
+
+        A published view never changes: an array is copied before its first write of a call
+        (``copied`` names the arrays copied so far). A row that matches memory (a write by
+        this process read back, a row written again unchanged) is skipped.
+        """
+        dim = self.embedding_dim
+        applied = 0
+        for row in rows:
+            item_id, i, title, artist, genres_text, release, duration, available = row[:8]
+            blob, attrs, stamp = row[8:]
+            if self._ids_buf[i] != item_id:
+                raise CatalogError(
+                    f"{TABLE_NAME}: dense index {i} is {item_id!r} in the table but "
+                    f"{self._ids_buf[i]!r} in memory (was the table replaced?): load() again"
+                )
+            vector = None if blob is None else bytes(blob)
+            if vector is not None and (dim is None or len(vector) != 4 * dim):
+                raise CatalogError(
+                    f"{TABLE_NAME}: stored embeddings do not match the catalog's dimension {dim}"
+                )
+            self._stamp_buf[i] = stamp
+            genres = () if genres_text == "[]" else _genres_tuple(genres_text)
+            old = self._records[i]
+            had = bool(self._has_emb_buf[i])
+            held_release = self._release_buf[i]
+            if (
+                old[:4] == (title, artist, genres, duration)
+                and bool(self._avail_buf[i]) == bool(available)
+                and (held_release != held_release if release is None else held_release == release)
+                and (
+                    not had
+                    if vector is None
+                    else had and self._emb_buf[i].astype("<f4").tobytes() == vector
+                )
+                and _same_attributes(old[4], attrs)
+            ):
+                continue
+            for name in ("_avail_buf", "_release_buf", "_has_emb_buf"):
+                if name not in copied:
+                    setattr(self, name, getattr(self, name).copy())
+                    copied.add(name)
+            if (had or vector is not None) and "_emb_buf" not in copied:
+                self._emb_buf = self._emb_buf.copy()
+                copied.add("_emb_buf")
+            self._item_cache.pop(i, None)
+            self._unlink(i)
+            self._records[i] = (title, artist, genres, duration, attrs)
+            self._link(i, artist, genres)
+            self._avail_buf[i] = bool(available)
+            self._release_buf[i] = np.nan if release is None else release
+            if vector is not None:
+                self._emb_buf[i] = np.frombuffer(vector, "<f4")
+                self._has_emb_buf[i] = True
+            elif had:
+                self._emb_buf[i] = 0.0
+                self._has_emb_buf[i] = False
+            applied += 1
+        return applied
+
     def _load_part(self, part: list) -> None:
-        """Append rows (ordered by idx) from the table to memory, column by column."""
+        """Append rows (ordered by idx; :meth:`_columns`) from the table to memory, column by
+        column."""
         start, stop = self._n, self._n + len(part)
-        iids, idxs, titles, artists, genres, rels, durs, avails, embs, attrs = zip(
+        iids, idxs, titles, artists, genres, rels, durs, avails, embs, attrs, stamps = zip(
             *part, strict=True
         )
         if idxs[0] != start or idxs[-1] != stop - 1 or np.any(np.diff(idxs) != 1):
@@ -650,6 +916,7 @@ class Catalog:
         self._ids_buf[start:stop] = iids
         self._avail_buf[start:stop] = avails
         self._release_buf[start:stop] = np.array(rels, dtype=np.float64)
+        self._stamp_buf[start:stop] = stamps
         rows = [i for i, e in zip(range(start, stop), embs, strict=True) if e is not None]
         if rows:
             dim = self.embedding_dim
