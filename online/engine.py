@@ -216,18 +216,34 @@ class ContentIndex:
     """
 
     def __init__(
-        self, dim: int, *, m: int = 16, ef: int = 200, seed: int = 0, threads: int = 2
+        self,
+        dim: int,
+        *,
+        m: int = 16,
+        ef: int = 200,
+        seed: int = 0,
+        threads: int = 2,
+        enabled: bool = True,
     ) -> None:
         self.index = HNSWRetriever(dim, M=m, ef=ef, num_threads=threads, seed=seed)
+        # disabled: stays empty (``segue learn`` serves no lists; at 8.2M items the index
+        # would cost it a quarter of an hour and gigabytes for nothing)
+        self.enabled = enabled
         self.version = -1
         self._live = np.zeros(0, dtype=bool)
         self._vectors: np.ndarray | None = None
         self.build_s = 0.0
+        # the learner's cycle and the service's catalog follower both sync; one at a time
+        self._sync_lock = threading.Lock()
 
     def sync(self, catalog: Catalog) -> int:
         """Apply what changed in ``catalog`` since the last call; returns the rows written."""
+        with self._sync_lock:
+            return self._sync(catalog)
+
+    def _sync(self, catalog: Catalog) -> int:
         view = catalog.view()
-        if view.version == self.version or view.embeddings is None:
+        if not self.enabled or view.version == self.version or view.embeddings is None:
             return 0
         started = time.perf_counter()
         live = view.has_embedding & view.available_mask

@@ -47,6 +47,19 @@ class HealthOut(BaseModel):
     checks: dict[str, str] = {}
 
 
+def worker_app() -> FastAPI:
+    """One process of ``segue serve --workers N`` (uvicorn calls this in each worker):
+    settings from the environment, snapshots followed from ``CURRENT`` (the learner runs as
+    ``segue learn``), the heap frozen once built as in the single-process service."""
+    from online.heap import HeapGuard, freeze_heap
+
+    settings = load_settings()
+    app = create_app(settings, embedded_learner=False)
+    freeze_heap()
+    HeapGuard(settings.gc_reclaim_s).start()
+    return app
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -69,6 +82,7 @@ def create_app(
             services.start_learner()
         else:
             services.start_reloader()
+        services.start_catalog_follower()
         try:
             yield
         finally:

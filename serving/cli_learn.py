@@ -20,8 +20,12 @@ logger = logging.getLogger("segue.learner")
 @learn_app.command()
 def learn(
     catalog_reload_s: Annotated[
-        float, typer.Option(help="Re-read the catalog this often (items added to the service).")
-    ] = 60.0,
+        float,
+        typer.Option(
+            help="Read catalog changes (items the services or 'segue catalog import' wrote) "
+            "this often."
+        ),
+    ] = 1.0,
     once: Annotated[
         bool, typer.Option(help="Learn what the log holds, cut a snapshot, exit.")
     ] = False,
@@ -37,6 +41,7 @@ def learn(
     from feedback.decisions import DecisionLog, InMemoryDecisionLog, RedisDecisionLog
     from feedback.log import SQLEventLog
     from online.catalog import Catalog
+    from online.engine import ContentIndex
     from online.heap import HeapGuard, freeze_heap, refreeze_later
     from online.learner import Learner, open_engine
     from snapshots import CutSchedule, SnapshotStore
@@ -77,7 +82,17 @@ def learn(
         keep=settings.snapshot.keep,
         guard=PromotionGuard.from_settings(settings.snapshot),
     )
-    engine = open_engine(catalog, store, settings.engine, settings.learner, decisions=decisions)
+    engine = open_engine(
+        catalog,
+        store,
+        settings.engine,
+        settings.learner,
+        decisions=decisions,
+        # the serving processes index the content vectors; a learner serves nothing
+        content_index=ContentIndex(settings.embedding_dim, enabled=False)
+        if settings.embedding_dim
+        else None,
+    )
     freeze_heap()
     learner = Learner(
         engine,
@@ -100,9 +115,9 @@ def learn(
     def reload_catalog() -> None:
         while not stop.wait(catalog_reload_s):
             try:
-                catalog.load()
+                catalog.sync()  # only the rows written since: a reload would empty it a while
             except Exception:
-                logger.exception("could not reload the catalog")
+                logger.exception("could not read catalog changes")
 
     threading.Thread(target=reload_catalog, daemon=True).start()
     with HeapGuard(settings.gc_reclaim_s):

@@ -154,6 +154,33 @@ class Services:
         self._threads.append(learner.start(self._stop, self.new_events))
         return learner
 
+    def start_catalog_follower(self) -> None:
+        """Follow catalog rows other processes write (another worker's ``POST /v1/items``,
+        ``segue catalog import``): new and changed items are read every ``catalog_sync_s``,
+        then the content index and the popular-now fallback follow."""
+        every = self.settings.serving.catalog_sync_s
+
+        def loop() -> None:
+            while not self._stop.wait(every):
+                try:
+                    changed = self.catalog.sync()
+                except Exception:  # the database may be down for a while: keep serving
+                    logger.warning("could not read catalog changes", exc_info=True)
+                    continue
+                if not changed:
+                    continue
+                try:
+                    index = self.engine.content_index
+                    if index is not None:
+                        index.sync(self.catalog)
+                    self.refresh_popular()
+                except Exception:
+                    logger.exception("could not apply %d catalog changes", changed)
+
+        thread = threading.Thread(target=loop, name="segue-catalog", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
     def start_reloader(self) -> None:
         """Without an embedded learner: serve each new ``CURRENT`` as soon as it moves.
 

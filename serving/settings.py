@@ -51,6 +51,11 @@ class ServingSettings(BaseSettings):
     workers: int = Field(4, ge=1, le=64)
     """Threads computing lists (the models hold one lock; more threads absorb slow stages)."""
 
+    catalog_sync_s: float = Field(0.5, gt=0)
+    """How often the service reads catalog rows other processes wrote (``segue catalog
+    import``, other workers' ``POST /v1/items``): an item made unavailable anywhere leaves
+    every process's lists within about this long."""
+
     reload_poll_s: float = Field(0.5, gt=0)
     """How often a service without an embedded learner checks CURRENT for a new snapshot."""
 
