@@ -25,6 +25,15 @@ def serve(
             "'segue learn' runs as its own process."
         ),
     ] = True,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Serving processes sharing the port, one interpreter lock each. More than "
+            "one needs --no-learner (with 'segue learn' running) and SEGUE_REDIS_URL, so every "
+            "worker's lists reach the learner and every play shapes the next list anywhere.",
+        ),
+    ] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Run the HTTP service. Example: segue serve --port 8000 --demo"""
@@ -38,6 +47,30 @@ def serve(
     except SettingsError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
+    if workers > 1:
+        problem = (
+            "--workers needs --no-learner: run 'segue learn' as its own process"
+            if learner
+            else "--workers needs SEGUE_REDIS_URL: lists and sessions must be shared"
+            if not settings.redis_url
+            else "--demo needs one worker: generate the catalog first"
+            if demo
+            else None
+        )
+        if problem:
+            typer.echo(problem, err=True)
+            raise typer.Exit(2)
+        # each worker builds its own app (catalog, models, index) in its own process
+        uvicorn.run(
+            "serving.app:worker_app",
+            factory=True,
+            workers=workers,
+            host=host or settings.serving.host,
+            port=port or settings.serving.port,
+            log_level=log_level,
+            access_log=False,
+        )
+        return
     app = create_app(settings, demo=demo, embedded_learner=learner)
     freeze_heap()
     with HeapGuard(settings.gc_reclaim_s):
