@@ -23,6 +23,13 @@
    ContentIndex code, rebuilt in this process on the same catalog, which also times the
    build), and the resident memory the service had (VmRSS).
 
+``--workers N`` (N > 1) runs the distributed layout on this one machine instead: ``segue serve
+--workers N --no-learner`` (N processes on one port) with ``segue learn`` as its own process,
+lists and sessions in Redis (127.0.0.1:6379, database 14, a key prefix of its own, removed
+afterwards). The warm-up then waits until every worker serves a snapshot that includes all
+warm-up events; CPU and memory are summed over the service's processes; stage times come
+from the one worker the metrics connection reaches (a sample of the lists).
+
     python benchmarks/bench_recommend.py --items 1000000 --rate 200 --seconds 20 --runs 3
 """
 
@@ -34,6 +41,7 @@ import multiprocessing as mp
 import os
 import re
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -131,10 +139,44 @@ class Conn:
         raise AssertionError("unreachable")
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the workers of ``segue serve --workers``)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(parents.get(p, []))
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process (all its threads) has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds a process and its descendants have used so far."""
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def tree_rss_mb(pid: int) -> float:
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            total += rss_mb(p)
+        except OSError:
+            continue
+    return total
 
 
 def metrics(conn: Conn) -> str:
@@ -223,6 +265,21 @@ def warm(port: int, n_lists: int, n_users: int, n_items: int, seed: int) -> dict
             conn.call("POST", "/v1/feedback", orjson.dumps({"events": batch}))
             batch = []
     return counts
+
+
+def wait_workers_current(port: int, timeout_s: float = 900) -> float:
+    """Until every worker (asked over fresh connections) serves a snapshot that includes the
+    whole event log."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        lags = []
+        for _ in range(8):
+            status, body = Conn(port).call("GET", "/v1/model")
+            lags.append(orjson.loads(body)["lag_events"] if status == 200 else -1)
+        if all(lag == 0 for lag in lags):
+            return time.monotonic() - started
+        time.sleep(1.0)
+    return float("nan")
 
 
 def wait_caught_up(port: int, timeout_s: float = 900) -> float:
@@ -338,6 +395,28 @@ def recall_at(url: str, queries: int, ks: tuple[int, ...], ef: int) -> tuple[flo
     return build_s, out
 
 
+REDIS_URL = "redis://127.0.0.1:6379/14"
+
+
+def start_learner(data: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``segue learn`` as its own process, as in the distributed layout."""
+    return subprocess.Popen(
+        [sys.executable, "-c", "from serving.cli import main; main()", "learn",
+         "--log-level", "warning"],
+        env={**os.environ, "SEGUE_DATA_DIR": str(data), **env},
+        cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+
+
+def _drop_redis_keys(prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=prefix + "*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -359,6 +438,12 @@ def main() -> None:
     ap.add_argument("--warm-lists", type=int, default=3000)
     ap.add_argument("--recall-queries", type=int, default=50)
     ap.add_argument("--recall-ef", type=int, default=None, help="default: the engine's hnsw_ef")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="serving processes; more than 1 runs segue learn apart and Redis (module doc)",
+    )
     args = ap.parse_args()
     print(f"machine: {machine()}")
 
@@ -369,18 +454,35 @@ def main() -> None:
         print(f"catalog: {args.items:,} items written in {build_catalog(url, args.items):.0f} s")
         port = free_port()
         env = {"SEGUE_EMBEDDING_DIM": str(DIM)}
+        serve_args: list[str] = []
+        learn_proc = None
+        prefix = f"segue-bench:{uuid.uuid4().hex[:8]}:"
+        if args.workers > 1:
+            env |= {
+                "SEGUE_REDIS_URL": REDIS_URL,
+                "SEGUE_REDIS_PREFIX": prefix,
+                "SEGUE_SNAPSHOT_EVERY_SECONDS": "10",
+            }
+            serve_args = ["--workers", str(args.workers), "--no-learner"]
         started = time.monotonic()
         rows: list[dict] = []
-        with serve(data, port, env=env, timeout_s=3600) as proc:
+        with serve(data, port, env=env, args=serve_args, timeout_s=3600) as proc:
             ready_s = time.monotonic() - started
             print(f"service ready in {ready_s:.0f} s (catalog load + content index build)")
+            if args.workers > 1:
+                learn_proc = start_learner(data, env)
             counts = warm(port, args.warm_lists, args.users, args.items, seed=1)
-            lag_s = wait_caught_up(port)
             conn = Conn(port)
-            learned = metric_value(metrics(conn), "segue_learner_events_total")
-            print(f"warm-up: posted {counts}; learner caught up {lag_s:.0f} s later "
-                  f"({learned:,.0f} events learned)")  # fmt: skip
-            rss = rss_mb(proc.pid)
+            if learn_proc is None:
+                lag_s = wait_caught_up(port)
+                learned = metric_value(metrics(conn), "segue_learner_events_total")
+                print(f"warm-up: posted {counts}; learner caught up {lag_s:.0f} s later "
+                      f"({learned:,.0f} events learned)")  # fmt: skip
+            else:
+                lag_s = wait_workers_current(port)
+                print(f"warm-up: posted {counts}; every worker served a snapshot with all of "
+                      f"them {lag_s:.0f} s later")  # fmt: skip
+            rss = tree_rss_mb(proc.pid)
             rng = np.random.default_rng(3)
             for rate in [float(r) for r in str(args.rate).split(",")]:
                 for run in range(args.runs):
@@ -401,7 +503,7 @@ def main() -> None:
                     rec["cpu_ms"] = 1000 * (cpu_seconds(proc.pid) - cpu_before) / len(bodies)
                     stages = stage_stats(before, metrics(conn))
                     base = timed(port, "/v1/model", None, rate, args)
-                    rss = max(rss, rss_mb(proc.pid))
+                    rss = max(rss, tree_rss_mb(proc.pid))
                     rows.append(
                         {"rate": rate, "rec": rec, "base": base, "stages": stages, "load": load}
                     )
@@ -417,6 +519,10 @@ def main() -> None:
                         flush=True,
                     )
                 time.sleep(15)  # let open breakers close and queues drain before the next rate
+        if learn_proc is not None:
+            learn_proc.terminate()
+            learn_proc.wait(120)
+            _drop_redis_keys(prefix)
         ef = args.recall_ef or _engine_ef()
         build_s, recalls = recall_at(url, args.recall_queries, (500, 100), ef)
         (recall, q99), (recall_100, q99_100) = recalls[500], recalls[100]
@@ -452,7 +558,12 @@ def main() -> None:
         f"| HNSW M=16, ef={ef}, {args.items:,} x {DIM} | {build_s:.0f} s | {recall:.3f} | "
         f"{recall_100:.3f} | {q99:.1f} ms (k=500), {q99_100:.1f} ms (k=100) |"
     )
-    print(f"service start to ready: {ready_s:.0f} s; medians of {args.runs} runs")
+    layout = (
+        "one process, embedded learner"
+        if args.workers == 1
+        else f"{args.workers} serving workers + segue learn, Redis"
+    )
+    print(f"service start to ready: {ready_s:.0f} s; medians of {args.runs} runs; {layout}")
 
 
 def _engine_ef() -> int:
