@@ -338,20 +338,23 @@ class Catalog:
 
         ``content=False`` leaves out what no ranking stage reads: an item not cached already
         comes without its ``embedding`` (a tuple of floats per item, most of the cost of
-        building one) and ``attributes``; such items are not cached.
+        building one) and ``attributes``. Such items are cached apart (under ``-1 - index``),
+        so a full read never gets one.
         """
         with self._lock:
             index, records, cache = self._index, self._records, self._item_cache
             ids = list(item_ids)
             rows = [index.get(item_id, -1) for item_id in ids]
-            if content and len(cache) + len(rows) > self.item_cache_size:
+            if len(cache) + len(rows) > self.item_cache_size:
                 cache.clear()
             pos: dict[int, int] = {}
             for i in rows:
-                if i >= 0 and i not in cache and i not in pos:
+                if i >= 0 and i not in cache and i not in pos and (content or -1 - i not in cache):
                     pos[i] = len(pos)
             if not pos:
-                return [cache.get(i) for i in rows]
+                if content:
+                    return [cache.get(i) for i in rows]
+                return [cache.get(i) or cache.get(-1 - i) if i >= 0 else None for i in rows]
             known = list(pos)
             view = self._view
             releases = view.release_times[known].tolist()
@@ -364,12 +367,14 @@ class Catalog:
                 vectors = []
             out: list[Item | None] = []
             built: dict[int, Item] = {}
-            keep = content and self.item_cache_size > 0
+            keep = self.item_cache_size > 0
             for item_id, i in zip(ids, rows, strict=True):
                 if i < 0:
                     out.append(None)
                     continue
                 hit = cache.get(i) or built.get(i)
+                if hit is None and not content:
+                    hit = cache.get(-1 - i)
                 if hit is not None:
                     out.append(hit)
                     continue
@@ -398,9 +403,14 @@ class Catalog:
                 )
                 built[i] = item
                 if keep:
-                    cache[i] = item
+                    cache[i if content else -1 - i] = item
                 out.append(item)
             return out
+
+    def _forget(self, i: int) -> None:
+        """Drop the cached items of row ``i`` (full and ranking-only) when it changes."""
+        self._item_cache.pop(i, None)
+        self._item_cache.pop(-1 - i, None)
 
     def feature_items(self, indexes: Iterable[int]) -> list[Item]:
         """Items at dense ``indexes`` with only what models featurize (id, title, artist,
@@ -544,7 +554,7 @@ class Catalog:
             avail = self._avail_buf.copy()  # copy-on-write: published arrays never change
             avail[i] = bool(available)
             self._stamp_buf[i] = now
-            self._item_cache.pop(i, None)
+            self._forget(i)
             self._avail_buf = avail
             self._version += 1
             self._publish()
@@ -617,7 +627,7 @@ class Catalog:
             self._link(i, item.artist, item.genres)
         for item in changed:
             i = self._index[item.item_id]
-            self._item_cache.pop(i, None)
+            self._forget(i)
             self._unlink(i)
             self._records[i] = self._record(item)
             self._stamp_buf[i] = now
@@ -877,7 +887,7 @@ class Catalog:
             if (had or vector is not None) and "_emb_buf" not in copied:
                 self._emb_buf = self._emb_buf.copy()
                 copied.add("_emb_buf")
-            self._item_cache.pop(i, None)
+            self._forget(i)
             self._unlink(i)
             self._records[i] = (title, artist, genres, duration, attrs)
             self._link(i, artist, genres)

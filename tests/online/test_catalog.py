@@ -63,10 +63,15 @@ def test_items_without_content_for_ranking_leave_the_cache_whole(catalog):
     assert missing is None
     assert lite == Item("a", title="A", artist="x", genres=("rock",), release_time=10.0,
                         duration_ms=1000)  # fmt: skip
-    # not cached: a later full read still has the embedding and the attributes
+    assert catalog.get_many(["a"], content=False)[0] is lite  # cached for the next list
+    # cached apart: a full read still has the embedding and the attributes
     assert catalog.get("a") == a
     # a cached full item is what a ranking read gets too
     assert catalog.get_many(["a"], content=False) == [a]
+    # a change drops both
+    catalog.upsert([Item("a", title="A2", artist="x")])
+    assert catalog.get_many(["a"], content=False)[0].title == "A2"  # type: ignore[union-attr]
+    assert catalog.get("a").title == "A2"  # type: ignore[union-attr]
 
 
 def test_update_moves_artist_and_keeps_index(catalog):
