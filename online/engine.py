@@ -34,7 +34,7 @@ import math
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -561,14 +561,37 @@ class Engine:
 
     # -- stage 2: relevance -----------------------------------------------------------------
 
-    def score(self, pool: CandidatePool) -> ScoredPool:
-        """Score every candidate with the relevance model; keep the best ``rerank_pool``."""
+    def score(self, pool: CandidatePool, k: int | None = None) -> ScoredPool:
+        """Score every candidate with the relevance model; keep the best ``rerank_pool``.
+
+        With ``k`` (the list size), the pool is widened past ``rerank_pool`` when it could not
+        fill ``k`` slots under ``max_per_artist``: learned item vectors put an artist's tracks
+        together, so the best hundred candidates may come from a handful of artists, which
+        left lists of about ten items where thirty were asked for. The next best candidates of
+        artists still below the cap are added until ``k`` can be placed.
+        """
         with self.lock:
             if not pool.items:
                 return ScoredPool(pool, [], np.zeros(0))
             scores = self._relevance.predict_many(pool.user_id, pool.items, pool.context)
+        order = np.argsort(-scores, kind="stable")
         n = min(self.settings.rerank_pool, len(scores))
-        top = np.argsort(-scores, kind="stable")[:n]
+        top = order[:n]
+        if k is not None and n < len(scores):
+            items, cap = pool.items, self.settings.max_per_artist
+            per_artist = Counter(items[i].artist for i in top.tolist())
+            placeable = sum(min(c, cap) for c in per_artist.values())
+            if placeable < k:
+                extra = []
+                for i in order[n:].tolist():
+                    artist = items[i].artist
+                    if per_artist[artist] < cap:
+                        per_artist[artist] += 1
+                        extra.append(i)
+                        placeable += 1
+                        if placeable >= k:
+                            break
+                top = np.concatenate([top, np.asarray(extra, dtype=top.dtype)])
         return ScoredPool(pool, [pool.items[i] for i in top], scores[top])
 
     # -- stage 3: rerank --------------------------------------------------------------------
@@ -686,7 +709,7 @@ class Engine:
         """All three stages for one listener (the serving path runs them one by one)."""
         started = time.perf_counter()
         pool = self.candidates(user_id, context, exclude=exclude, now=now)
-        rec = self.rerank(self.score(pool), k, explore=explore, request_id=request_id)
+        rec = self.rerank(self.score(pool, k), k, explore=explore, request_id=request_id)
         took = (time.perf_counter() - started) * 1000
         return Recommendation(rec.request_id, rec.model_version, rec.items, None, took)
 

@@ -30,7 +30,7 @@ class SnapshotPolicy:
         self, user_id: str, k: int, context: Context, now: float, *, explore: bool = False
     ) -> Recommendation:
         pool = self.engine.candidates(user_id, context, now=now)
-        return self.engine.rerank(self.engine.score(pool), k, explore=explore)
+        return self.engine.rerank(self.engine.score(pool, k), k, explore=explore)
 
     def learn(self, events: Any) -> None:  # evaluation only
         return None

@@ -105,7 +105,7 @@ class Recommender:
         pool = self._stage(
             "candidates", engine.candidates, req.user_id, req.context, exclude=req.exclude, now=now
         )
-        scored = self._stage("relevance", engine.score, pool)
+        scored = self._stage("relevance", engine.score, pool, req.k)
         return self._stage(
             "rerank",
             engine.make_slate,

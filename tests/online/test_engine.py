@@ -46,6 +46,17 @@ def test_hard_rules_hold_on_every_list(small_catalog: Catalog, world: World):
         assert small_catalog.ids[60] not in rec.item_ids
 
 
+def test_a_pool_led_by_few_artists_still_fills_the_list(small_catalog: Catalog, world: World):
+    # the rerank pool is as small as the list and one item per artist may be placed: when
+    # the best candidates share artists, the pool is widened until the list can be filled
+    engine = make_engine(small_catalog, max_per_artist=1, rerank_pool=10)
+    list(run_world(engine, world, steps=100))
+    for user in ("u0", "u1", "u2", "new"):
+        rec = engine.recommend(user, 10, {"device": "ios"}, now=world.t)
+        artists = [small_catalog.get(i).artist for i in rec.item_ids]  # type: ignore[union-attr]
+        assert len(artists) == 10 and len(set(artists)) == 10
+
+
 def test_an_item_made_unavailable_stops_appearing_at_once(small_catalog: Catalog, world: World):
     engine = make_engine(small_catalog)
     list(run_world(engine, world, steps=40))
