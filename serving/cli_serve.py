@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -47,6 +47,12 @@ def serve(
     except SettingsError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
+    listen: dict[str, Any] = {
+        "host": host or settings.serving.host,
+        "port": port or settings.serving.port,
+        "log_level": log_level,
+        "access_log": False,
+    }
     if workers > 1:
         problem = (
             "--workers needs --no-learner: run 'segue learn' as its own process"
@@ -61,23 +67,9 @@ def serve(
             typer.echo(problem, err=True)
             raise typer.Exit(2)
         # each worker builds its own app (catalog, models, index) in its own process
-        uvicorn.run(
-            "serving.app:worker_app",
-            factory=True,
-            workers=workers,
-            host=host or settings.serving.host,
-            port=port or settings.serving.port,
-            log_level=log_level,
-            access_log=False,
-        )
+        uvicorn.run("serving.app:worker_app", factory=True, workers=workers, **listen)
         return
     app = create_app(settings, demo=demo, embedded_learner=learner)
     freeze_heap()
     with HeapGuard(settings.gc_reclaim_s):
-        uvicorn.run(
-            app,
-            host=host or settings.serving.host,
-            port=port or settings.serving.port,
-            log_level=log_level,
-            access_log=False,
-        )
+        uvicorn.run(app, **listen)
