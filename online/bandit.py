@@ -45,6 +45,16 @@ the greedy one, ``gamma = gamma_scale * n_learned ** gamma_exponent``; learning 
 probability ``1 / w``, an importance of exactly ``w``. ``"epsilon"`` and ``"softmax"`` use
 VW's own pmf (``--epsilon``, ``--softmax --lambda``).
 
+How a slot is scored
+--------------------
+Only ``pos`` and ``sim`` change from slot to slot, and VW's cost estimate is linear in its
+features (GD's raw prediction, before any clamping), so an action's cost at any slot is
+``a + pos * b + sim * (c + pos * d)``. Under SquareCB, whose rule is segue's, four predictions
+over the whole pool (``pos`` and ``sim`` each 0 or 1) give every action's terms and the 30
+slots are array arithmetic; the plain loop with a VW prediction per slot is the test oracle
+(equal up to float32 rounding). ``"epsilon"`` and ``"softmax"`` read VW's own pmf, so they
+ask VW at every slot.
+
 ``w = 0`` returns without calling VW, leaving the model exactly unchanged; VW's
 importance-aware updates move a smaller ``w`` less.
 
@@ -259,6 +269,16 @@ def _static_rows(columns: CandidateColumns) -> list[dict[str, float]]:
     ]
 
 
+def _squarecb_pmf(costs: np.ndarray, gamma: float) -> np.ndarray:
+    """SquareCB's pmf: ``1 / (K + gamma * (c - c_min))`` for every action but the greedy one
+    (the first minimum), which gets the rest of the mass."""
+    best = int(costs.argmin())
+    pmf = 1.0 / ((costs - costs[best]) * gamma + len(costs))
+    pmf[best] = 0.0
+    pmf[best] = max(0.0, 1.0 - float(pmf.sum()))
+    return pmf
+
+
 class BanditReranker:
     """Fills ``k`` slots one by one with a VW ``--cb_explore_adf`` contextual bandit.
 
@@ -371,20 +391,8 @@ class BanditReranker:
         return pmf / pmf.sum(), None
 
     def _squarecb(self, costs: np.ndarray) -> np.ndarray:
-        return np.array(self._squarecb_list(costs.tolist()))
-
-    def _squarecb_list(self, costs: list[float]) -> list[float]:
-        """SquareCB's pmf over plain floats: a slot has at most a rerank pool of actions, where
-        numpy's per-call cost is most of the work. The IEEE operations are numpy's, in the
-        same order (the best action's mass is 1 minus numpy's pairwise sum of the others)."""
-        n = len(costs)
-        low = min(costs)
-        best = costs.index(low)  # argmin's first minimum
         gamma = self.gamma_scale * float(self.n_learned) ** self.gamma_exponent
-        pmf = [1.0 / ((c - low) * gamma + n) for c in costs]
-        pmf[best] = 0.0
-        pmf[best] = max(0.0, 1.0 - float(np.add.reduce(pmf)))
-        return pmf
+        return _squarecb_pmf(np.asarray(costs, dtype=float), gamma)
 
     # ------------------------------------------------------------------ ranking
 
@@ -456,6 +464,17 @@ class BanditReranker:
             norms = np.sqrt(np.einsum("ij,ij->i", units, units))
             nonzero = norms > 0.0
             units[nonzero] /= norms[nonzero, None]
+        # The bindings under Workspace.parse / predict / finish_example: the wrappers build a
+        # Python Example per action and check types on every call, which costs several times
+        # VW's own parse and predictions.
+        ws = self._ws
+        exs = pylibvw.vw._parse(ws, orjson.dumps(doc).decode())
+        if self.exploration == "squarecb":  # the rule is segue's: costs alone suffice
+            try:
+                terms = self._linear_terms(exs)
+            finally:
+                pylibvw.vw._finish_example_multi_ex(ws, exs)
+            return self._fill_linear(pool, static, units, terms, k, explore, max_per_artist)
         sim = np.zeros(n)
         served_sim = np.full(n, _PLACEHOLDER)  # the value currently in each parsed example
         rounded = np.empty(n)
@@ -469,13 +488,8 @@ class BanditReranker:
         partial = pylibvw.example.get_partial_prediction
         ns_p, ns_d = ord("p"), ord("d")
         sim_index, pos_index = self._sim_index, self._pos_index
-        predict_multi, ws = pylibvw.vw.predict_multi, self._ws
-        squarecb = self.exploration == "squarecb"
+        predict_multi = pylibvw.vw.predict_multi
 
-        # The bindings under Workspace.parse / predict / finish_example: the wrappers build a
-        # Python Example per action and check types on every call, which costs several times
-        # VW's own parse and predictions.
-        exs = pylibvw.vw._parse(ws, orjson.dumps(doc).decode())
         try:
             shared_ex, actions = exs[0], exs[1:]
             # the eligible rows and their examples, in row order, kept as lists: placing an
@@ -510,13 +524,8 @@ class BanditReranker:
                 # VW's prediction for every eligible action of this slot in one call
                 predict_multi(ws, batch)
                 chosen_actions = batch[1:]
-                if squarecb:
-                    costs = list(map(partial, chosen_actions))
-                    probs = self._squarecb_list(costs)
-                else:
-                    costs = None
-                    pmf = np.asarray(shared_ex.get_action_scores(), dtype=float)
-                    probs = (pmf / pmf.sum()).tolist()
+                pmf = np.asarray(shared_ex.get_action_scores(), dtype=float)
+                probs = (pmf / pmf.sum()).tolist()
                 # plain lists beat numpy's per-call cost here, with the same arithmetic
                 # (argmax's first maximum, cumsum's running sum, searchsorted(side="right")
                 # is bisect_right)
@@ -529,7 +538,7 @@ class BanditReranker:
                     propensity = probs[j]
                 else:
                     j, propensity = greedy, 1.0
-                cost = costs[j] if costs is not None else partial(chosen_actions[j])
+                cost = partial(chosen_actions[j])
                 chosen = eligible[j]
                 features = dict(static[chosen])
                 features["sim"] = float(served_sim[chosen])
@@ -560,6 +569,138 @@ class BanditReranker:
                     np.maximum(sim, units @ units[chosen], out=sim)
         finally:
             pylibvw.vw._finish_example_multi_ex(ws, exs)
+        return slate
+
+    def _linear_terms(self, exs: list[Any]) -> tuple[np.ndarray, ...]:
+        """VW's cost estimate of every action as a function of the per-slot features.
+
+        VW's prediction is linear in the features (``--cb_type mtr`` regresses with GD, whose
+        raw prediction, the partial prediction read here, is not clamped), and ``pos`` and
+        ``sim`` enter it alone and through ``-q sd -q pa -q pd``. So each action's cost at
+        any slot is ``a + pos * b + sim * (c + pos * d)``: four predictions over the whole
+        pool (pos and sim each 0 or 1) give ``a, b, c, d`` per action, and the slot loop
+        needs no further call into VW. (Equal to a prediction per slot up to float32
+        rounding; the plain slot loop is the oracle in the tests.) ``exs`` come from the
+        parse in :meth:`_fill`, with both placeholders at 1.
+        """
+        pop_feature, push_feature = pylibvw.example.pop_feature, pylibvw.example.push_hashed_feature
+        partial = pylibvw.example.get_partial_prediction
+        predict_multi, ws = pylibvw.vw.predict_multi, self._ws
+        shared_ex, actions = exs[0], exs[1:]
+        ns_p, ns_d = ord("p"), ord("d")
+
+        def costs() -> np.ndarray:
+            predict_multi(ws, exs)
+            return np.fromiter(map(partial, actions), dtype=float, count=len(actions))
+
+        def set_pos(value: float) -> None:
+            pop_feature(shared_ex, ns_p)
+            push_feature(shared_ex, ns_p, self._pos_index, value)
+
+        pos1_sim1 = costs()
+        set_pos(0.0)
+        pos0_sim1 = costs()
+        for ex in actions:  # sim 0: the feature leaves, as VW's parser drops a zero
+            pop_feature(ex, ns_d)
+        pos0_sim0 = costs()
+        set_pos(1.0)
+        pos1_sim0 = costs()
+        a = pos0_sim0
+        b = pos1_sim0 - pos0_sim0
+        c = pos0_sim1 - pos0_sim0
+        d = pos1_sim1 - pos1_sim0 - c
+        return a, b, c, d
+
+    def _fill_linear(
+        self,
+        pool: CandidateColumns,
+        static: list[dict[str, float]],
+        units: np.ndarray | None,
+        terms: tuple[np.ndarray, ...],
+        k: int,
+        explore: bool,
+        max_per_artist: int | None,
+    ) -> list[SlateEntry]:
+        """The slot loop of :meth:`_fill` for SquareCB, from :meth:`_linear_terms`: each slot
+        is a few array operations over the eligible actions instead of a VW call."""
+        n = len(pool)
+        ids, artists = pool.item_ids, pool.artists
+        a, b, c, d = terms
+        positions = [
+            _POSITION_VALUES[p] if p < len(_POSITION_VALUES) else round(math.log1p(p), _DIGITS)
+            for p in range(min(k, n))
+        ]
+        # cost at slot p = base[p] + sim * slope[p], for every slot at once; a placed row, or
+        # one whose artist is at the cap, gets base +inf in every slot: probability 0 (1 / inf)
+        # without compacting the arrays per slot
+        pv = np.array(positions)[:, None]
+        base = a + pv * b
+        slope = c + pv * d
+        sim = np.zeros(n)
+        served = np.zeros(n)
+        cost = np.empty(n)
+        pmf = np.empty(n)
+        remaining = n
+        by_artist: dict[str, list[int]] = {}
+        for i, artist in enumerate(artists):
+            by_artist.setdefault(artist, []).append(i)
+        per_artist: Counter[str] = Counter()
+        gamma = self.gamma_scale * float(self.n_learned) ** self.gamma_exponent
+        inf = math.inf
+        slate: list[SlateEntry] = []
+        for position, pos_value in enumerate(positions):
+            if remaining == 0:
+                break
+            np.multiply(served, slope[position], out=cost)
+            cost += base[position]
+            # SquareCB (see _squarecb_pmf) over the eligible rows; blocked rows get 0
+            best = int(cost.argmin())
+            np.subtract(cost, cost[best], out=pmf)
+            if gamma > 0.0:
+                pmf *= gamma
+            else:  # uniform; inf * 0 would be NaN
+                pmf[pmf != inf] = 0.0
+            pmf += remaining
+            np.reciprocal(pmf, out=pmf)
+            pmf[best] = 0.0
+            pmf[best] = max(0.0, 1.0 - float(pmf.sum()))
+            if explore:
+                u = self._rng.random()
+                # the first row whose running sum passes u has mass (searchsorted "right");
+                # round-off at the top end of the cdf falls back to the last row with mass
+                j = min(int(pmf.cumsum().searchsorted(u, side="right")), n - 1)
+                while pmf[j] <= 0.0:
+                    j -= 1
+                propensity = float(pmf[j])
+            else:
+                j, propensity = best, 1.0
+            features = dict(static[j])
+            features["sim"] = float(served[j])
+            features["pos"] = pos_value
+            slate.append(
+                SlateEntry(
+                    item_id=ids[j],
+                    position=position,
+                    score=-float(cost[j]),
+                    propensity=min(1.0, propensity),
+                    explored=j != best,
+                    features=features,
+                )
+            )
+            base[:, j] = inf
+            remaining -= 1
+            artist = artists[j]
+            per_artist[artist] += 1
+            if max_per_artist is not None and per_artist[artist] >= max_per_artist:
+                capped = by_artist[artist]
+                remaining -= int(np.count_nonzero(base[0, capped] != inf))
+                base[:, capped] = inf
+            if units is not None:
+                np.maximum(sim, units @ units[j], out=sim)
+                # the similarity served is the rounded one (np.round: scale, rint, unscale)
+                np.multiply(sim, _SCALE, out=served)
+                np.rint(served, out=served)
+                np.divide(served, _SCALE, out=served)
         return slate
 
     # ------------------------------------------------------------------ learning

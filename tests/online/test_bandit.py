@@ -319,8 +319,24 @@ def _trained_pair(exploration: str, seed: int) -> tuple[BanditReranker, BanditRe
     return pair
 
 
+def _assert_same_lists(got: list[SlateEntry], want: list[SlateEntry], exact: bool) -> None:
+    """The same items, slots, flags and served features; scores and propensities equal, or,
+    where costs come from VW's linear terms instead of a VW call per slot, equal up to
+    float32 rounding."""
+    if exact:
+        assert [repr(e) for e in got] == [repr(e) for e in want]
+        return
+    assert [(e.item_id, e.position, e.explored, e.features) for e in got] == [
+        (e.item_id, e.position, e.explored, e.features) for e in want
+    ]
+    scores = ([e.score for e in got], [e.score for e in want])
+    np.testing.assert_allclose(*scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose([e.propensity for e in got], [e.propensity for e in want], rtol=1e-5)
+
+
 @pytest.mark.parametrize("exploration", EXPLORATIONS)
 def test_rank_places_what_the_plain_slot_loop_places(exploration):
+    explored = 0
     for seed in range(4):
         ours, reference = _trained_pair(exploration, seed)
         cands = candidates(60, n_artists=12, seed=seed)
@@ -328,7 +344,35 @@ def test_rank_places_what_the_plain_slot_loop_places(exploration):
         for explore, cap in ((True, 2), (False, 2), (True, None)):
             got = ours.rank(SHARED, cands + cands[:7], 30, explore=explore, max_per_artist=cap)
             want = _reference_rank(reference, SHARED, cands + cands[:7], 30, explore, cap)
-            assert [repr(e) for e in got] == [repr(e) for e in want]
+            _assert_same_lists(got, want, exact=exploration != "squarecb")
+            explored += sum(e.explored for e in got)
+    assert explored > 0  # the lists compared include explored slots, not only greedy ones
+
+
+def test_squarecb_costs_at_any_slot_are_vws_predictions():
+    """The linear terms reproduce VW's prediction at positions and similarities never used
+    to derive them, for a trained model."""
+    bandit, _ = _trained_pair("squarecb", 3)
+    cands = candidates(20, seed=3)
+    static = [_static_features(c) for c in cands]
+    doc = {
+        "s": bandit._shared_namespace(SHARED),
+        "p": {"pos": 1.0},
+        "_multi": [{"a": f, "d": {"sim": 1.0}} for f in static],
+    }
+    exs = bandit._ws.parse(json.dumps(doc))
+    a, b, c, d = bandit._linear_terms(exs)
+    bandit._ws.finish_example(exs)
+    for pos, sim in ((0.6931, 0.25), (3.4012, 0.9731), (2.0794, 0.0)):
+        exs = bandit._ws.parse(json.dumps(doc))
+        bandit._set(exs[0], "p", bandit._pos_index, pos)
+        for ex in exs[1:]:
+            bandit._set(ex, "d", bandit._sim_index, sim)
+        bandit._ws.predict(exs)
+        want = [ex.get_partial_prediction() for ex in exs[1:]]
+        bandit._ws.finish_example(exs)
+        np.testing.assert_allclose(a + pos * b + sim * (c + pos * d), want, rtol=1e-5, atol=1e-6)
+        assert np.ptp(want) > 1e-3  # the actions' costs differ: the comparison has content
 
 
 def test_columns_and_objects_give_the_same_list():

@@ -130,7 +130,8 @@ def test_jobs_give_the_same_table_as_one_process() -> None:
     assert list(two.summary["policy"]) == names
     assert (two.summary["evaluated"] == 200).all()
     # the engine policies learned something: they are not the random baseline in disguise
-    assert two.steps.groupby("policy")["rank"].apply(tuple).nunique() == len(names)
+    ranks = two.steps.groupby("policy")["rank"].apply(tuple)
+    assert ranks["relevance"] != ranks["random"] and ranks["segue"] != ranks["random"]
 
 
 def test_jobs_with_events_and_more_jobs_than_policies() -> None:
