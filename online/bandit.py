@@ -452,10 +452,16 @@ class BanditReranker:
         n = len(pool)
         ids, artists = pool.item_ids, pool.artists
         static = _static_rows(pool)
+        linear = self.exploration == "squarecb"  # the rule is segue's: costs alone suffice
         doc = {
             "s": self._shared_namespace(shared),
             "p": {"pos": _PLACEHOLDER},
-            "_multi": [{"a": f, "d": {"sim": _PLACEHOLDER}} for f in static],
+            # the linear terms need "sim" on one action (see _linear_terms), the per-slot
+            # loop on every action
+            "_multi": [
+                {"a": f} if linear and i else {"a": f, "d": {"sim": _PLACEHOLDER}}
+                for i, f in enumerate(static)
+            ],
         }
         # Unit vectors for the cosine similarity; rows of candidates without a vector stay 0.
         units = None
@@ -469,7 +475,7 @@ class BanditReranker:
         # VW's own parse and predictions.
         ws = self._ws
         exs = pylibvw.vw._parse(ws, orjson.dumps(doc).decode())
-        if self.exploration == "squarecb":  # the rule is segue's: costs alone suffice
+        if linear:
             try:
                 terms = self._linear_terms(exs)
             finally:
@@ -571,44 +577,45 @@ class BanditReranker:
             pylibvw.vw._finish_example_multi_ex(ws, exs)
         return slate
 
-    def _linear_terms(self, exs: list[Any]) -> tuple[np.ndarray, ...]:
+    def _linear_terms(self, exs: list[Any]) -> tuple[np.ndarray, np.ndarray, float, float]:
         """VW's cost estimate of every action as a function of the per-slot features.
 
         VW's prediction is linear in the features (``--cb_type mtr`` regresses with GD, whose
         raw prediction, the partial prediction read here, is not clamped), and ``pos`` and
-        ``sim`` enter it alone and through ``-q sd -q pa -q pd``. So each action's cost at
-        any slot is ``a + pos * b + sim * (c + pos * d)``: four predictions over the whole
-        pool (pos and sim each 0 or 1) give ``a, b, c, d`` per action, and the slot loop
-        needs no further call into VW. (Equal to a prediction per slot up to float32
-        rounding; the plain slot loop is the oracle in the tests.) ``exs`` come from the
-        parse in :meth:`_fill`, with both placeholders at 1.
+        ``sim`` enter it alone and through ``-q sd -q pa -q pd``. So an action's cost at any
+        slot is ``a + pos * b + sim * (c + pos * d)``, where ``c`` and ``d`` are the same for
+        every action (``sim`` meets only shared namespaces). Two predictions over the pool
+        (``pos`` 0 and 1, no ``sim``) give ``a`` and ``b`` per action, two more of the first
+        action alone (with ``sim`` 1) give ``c`` and ``d``; the slot loop then needs no call
+        into VW. (Equal to a prediction per slot up to float32 rounding; the plain slot loop
+        is the oracle in the tests.) ``exs`` come from :meth:`_fill`'s parse: ``pos`` 1 on the
+        shared example, ``sim`` 1 on the first action only.
         """
         pop_feature, push_feature = pylibvw.example.pop_feature, pylibvw.example.push_hashed_feature
         partial = pylibvw.example.get_partial_prediction
         predict_multi, ws = pylibvw.vw.predict_multi, self._ws
         shared_ex, actions = exs[0], exs[1:]
-        ns_p, ns_d = ord("p"), ord("d")
-
-        def costs() -> np.ndarray:
-            predict_multi(ws, exs)
-            return np.fromiter(map(partial, actions), dtype=float, count=len(actions))
+        first = [shared_ex, actions[0]]
+        ns_p = ord("p")
 
         def set_pos(value: float) -> None:
             pop_feature(shared_ex, ns_p)
             push_feature(shared_ex, ns_p, self._pos_index, value)
 
-        pos1_sim1 = costs()
+        predict_multi(ws, first)
+        pos1_sim1 = partial(actions[0])
         set_pos(0.0)
-        pos0_sim1 = costs()
-        for ex in actions:  # sim 0: the feature leaves, as VW's parser drops a zero
-            pop_feature(ex, ns_d)
-        pos0_sim0 = costs()
+        predict_multi(ws, first)
+        pos0_sim1 = partial(actions[0])
+        pop_feature(actions[0], ord("d"))  # sim 0: the feature leaves, as VW's parser drops 0
+        predict_multi(ws, exs)
+        a = np.fromiter(map(partial, actions), dtype=float, count=len(actions))
         set_pos(1.0)
-        pos1_sim0 = costs()
-        a = pos0_sim0
-        b = pos1_sim0 - pos0_sim0
-        c = pos0_sim1 - pos0_sim0
-        d = pos1_sim1 - pos1_sim0 - c
+        predict_multi(ws, exs)
+        b = np.fromiter(map(partial, actions), dtype=float, count=len(actions))
+        b -= a
+        c = pos0_sim1 - float(a[0])
+        d = pos1_sim1 - float(a[0] + b[0]) - c
         return a, b, c, d
 
     def _fill_linear(
@@ -616,7 +623,7 @@ class BanditReranker:
         pool: CandidateColumns,
         static: list[dict[str, float]],
         units: np.ndarray | None,
-        terms: tuple[np.ndarray, ...],
+        terms: tuple[np.ndarray, np.ndarray, float, float],
         k: int,
         explore: bool,
         max_per_artist: int | None,

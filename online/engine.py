@@ -143,6 +143,8 @@ class ScoredPool:
     pool: CandidatePool
     items: list[Item]
     relevance: np.ndarray
+    vectors: np.ndarray | None = None
+    """The relevance model's item vectors of ``items`` as scored (None: not kept)."""
 
 
 @dataclass(slots=True)
@@ -339,6 +341,7 @@ class Engine:
             content_index.sync(catalog)
         self.content_index = content_index
         self._fresh_cache: tuple[int, np.ndarray] | None = None
+        self._fresh_pool: tuple[int, int, np.ndarray] | None = None
         self._dirty: OrderedDict[int, None] = OrderedDict()  # dense indexes to re-index
         self._sweep_at = 0
         self._sweep_started = time.monotonic()
@@ -553,8 +556,15 @@ class Engine:
                 lo = mid + 1
             else:
                 hi = mid
-        pool = order[:lo]
-        pool = pool[view.available_mask[pool]]
+        # the available ones among them, kept while neither the catalog nor the window's
+        # edge moves (filtering some 20k rows per request showed in profiles)
+        cached = self._fresh_pool
+        if cached is not None and cached[0] == view.version and cached[1] == lo:
+            pool = cached[2]
+        else:
+            pool = order[:lo]
+            pool = pool[view.available_mask[pool]]
+            self._fresh_pool = (view.version, lo, pool)
         if len(pool) <= n:
             return pool
         return self._rng.choice(pool, size=n, replace=False)
@@ -573,7 +583,9 @@ class Engine:
         with self.lock:
             if not pool.items:
                 return ScoredPool(pool, [], np.zeros(0))
-            scores = self._relevance.predict_many(pool.user_id, pool.items, pool.context)
+            scores, vectors = self._relevance.predict_many_with_vectors(
+                pool.user_id, pool.items, pool.context
+            )
         order = np.argsort(-scores, kind="stable")
         n = min(self.settings.rerank_pool, len(scores))
         top = order[:n]
@@ -592,7 +604,7 @@ class Engine:
                         if placeable >= k:
                             break
                 top = np.concatenate([top, np.asarray(extra, dtype=top.dtype)])
-        return ScoredPool(pool, [pool.items[i] for i in top], scores[top])
+        return ScoredPool(pool, [pool.items[i] for i in top], scores[top], vectors[top])
 
     # -- stage 3: rerank --------------------------------------------------------------------
 
@@ -663,6 +675,9 @@ class Engine:
             empty = np.zeros(0)
             return CandidateColumns(ids, artists, None, empty, empty, empty, empty, empty, empty)
         now = pool.now
+        vectors = scored.vectors
+        if vectors is None:
+            vectors = self._relevance.item_vectors(items)
         ages = [
             (now - i.release_time) / _DAY if i.release_time is not None else 365.0 for i in items
         ]
@@ -670,7 +685,7 @@ class Engine:
             item_ids=ids,
             artists=artists,
             # the latent part of the item vectors: similarity of tastes
-            vectors=self._relevance.item_vectors(items)[:, :-1],
+            vectors=vectors[:, :-1],
             relevance=scored.relevance,
             popularity=self._popularity.scores(ids, now),
             trend=self._popularity.trends(ids, now),

@@ -460,6 +460,16 @@ class RelevanceModel:
         logits = const + bias + s @ u
         return 1.0 / (1.0 + np.exp(-logits))
 
+    def predict_many_with_vectors(
+        self, user: str, items: Sequence[Item], context: Context
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict_many` and :meth:`item_vectors` of the same items in one pass (the
+        serving path needs both)."""
+        u, const = self._user_parts(user, context)
+        s, bias = self._item_parts(items)
+        logits = const + bias + s @ u
+        return 1.0 / (1.0 + np.exp(-logits)), np.hstack([s, bias[:, None]]).astype(np.float32)
+
     def predict_one(self, user: str, item: Item, context: Context) -> float:
         """Probability of a positive outcome for ``item`` (equal to :meth:`predict_many`'s up to
         float round-off; one item is scored as one FM over all its features, which is cheaper

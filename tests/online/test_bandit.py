@@ -360,7 +360,8 @@ def test_squarecb_costs_at_any_slot_are_vws_predictions():
         "p": {"pos": 1.0},
         "_multi": [{"a": f, "d": {"sim": 1.0}} for f in static],
     }
-    exs = bandit._ws.parse(json.dumps(doc))
+    terms_doc = {**doc, "_multi": [doc["_multi"][0], *({"a": f} for f in static[1:])]}
+    exs = bandit._ws.parse(json.dumps(terms_doc))
     a, b, c, d = bandit._linear_terms(exs)
     bandit._ws.finish_example(exs)
     for pos, sim in ((0.6931, 0.25), (3.4012, 0.9731), (2.0794, 0.0)):

@@ -38,6 +38,9 @@ def test_predict_many_equals_predict_one_and_rivers_own_score(trained):
     many = model.predict_many("u3", items, CTX)
     one = np.array([model.predict_one("u3", it, CTX) for it in items])
     np.testing.assert_allclose(many, one, rtol=1e-12, atol=1e-12)
+    both, vectors = model.predict_many_with_vectors("u3", items, CTX)
+    np.testing.assert_array_equal(both, many)
+    np.testing.assert_array_equal(vectors, model.item_vectors(items))
     # River's FMClassifier is the oracle wherever every feature has been learned (River would
     # draw random latents for unseen ones, "hour=21" here, so the oracle uses hour 20).
     seen_ctx = {"device": "web", "hour": 20}

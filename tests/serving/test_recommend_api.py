@@ -55,6 +55,11 @@ def test_a_listener_never_seen_gets_a_list_and_a_request_id(client: TestClient):
     assert body["request_id"] and body["model_version"].startswith("v")
     assert all(0 < i["propensity"] <= 1 for i in body["items"])
     assert len({i["item_id"] for i in body["items"]}) == 12
+    # the answer is what the documented schema says, field for field
+    from serving.recommend_api import RecommendOut
+
+    assert RecommendOut.model_validate(body).model_dump() == body
+    assert r.headers["content-type"] == "application/json"
 
 
 def test_the_full_loop_impressions_and_plays_are_learned(client: TestClient):
