@@ -922,11 +922,21 @@ class Engine:
 
     # -- snapshots --------------------------------------------------------------------------
 
+    def wait_loaded(self, timeout: float | None = None) -> bool:
+        """Block until a CF index whose loading was deferred (``Engine.load(...,
+        defer_cf_index=True)``) is installed; False if ``timeout`` passed first. Call it
+        without holding :attr:`lock`: the index is installed on another thread."""
+        return self._cf_ready.wait(timeout)
+
     def save(self, directory: Path) -> None:
-        """Write every learned state into ``directory`` (a snapshot's staging directory)."""
+        """Write every learned state into ``directory`` (a snapshot's staging directory).
+
+        A deferred CF index is part of the state, so this waits for it (see
+        :meth:`wait_loaded`); a caller holding :attr:`lock` should wait before taking it.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self._cf_ready.wait()  # a deferred CF index is part of the state: wait for it
+        self.wait_loaded()
         with self.lock:
             self._mark_dirty(sorted(self._relevance.pop_touched()))  # the moved items, all of them
             self._relevance.dump(directory / "relevance.bin")
@@ -1047,9 +1057,10 @@ class Engine:
 
                 def install(done: Any) -> None:
                     try:
-                        index = done.result()
-                        with engine.lock:
-                            engine._cf_index = index
+                        # one reference assignment, atomic on its own: readers take the index
+                        # once under the engine lock and query it outside. Taking that lock here
+                        # deadlocked a snapshot cut that held it while waiting for this index.
+                        engine._cf_index = done.result()
                     except Exception:  # the engine keeps serving from its other channels
                         logger.exception("could not load the CF index of %s", version)
                     finally:

@@ -225,6 +225,9 @@ class Learner:
         if self.store is None:
             return None
         engine = self.engine
+        # a CF index still loading after a swap is part of the state: wait for it before taking
+        # the engine lock, which every request needs meanwhile
+        engine.wait_loaded()
         with self.store.stage() as staging:
             # the files and the figures that describe them are taken under the engine lock;
             # hashing and fsyncing them (most of a cut) happen outside it, so requests served

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from feedback.events import Event
 from online.catalog import Catalog
 from online.engine import Engine, _merge_offers
+from online.retrieval import HNSWRetriever
 from tests.online.conftest import T0, World, make_engine, run_world
 
 
@@ -164,6 +168,13 @@ def test_a_listener_back_after_weeks_still_gets_a_session_vector(small_catalog: 
     assert any("content" in c for c in pool.channels.values())
 
 
+def _load_deferred(engine: Engine, snapshot: Path) -> Engine:
+    """``engine``'s snapshot loaded with its CF index deferred, as the serving path swaps."""
+    return Engine.load(
+        snapshot, engine.catalog, engine.settings, engine.learner_settings, defer_cf_index=True
+    )
+
+
 def test_a_deferred_cf_index_serves_at_once_and_ends_identical(
     small_catalog: Catalog, world: World, tmp_path: Path
 ):
@@ -172,13 +183,7 @@ def test_a_deferred_cf_index_serves_at_once_and_ends_identical(
     engine.refresh_index()
     engine.save(tmp_path / "snap")
     eager = Engine.load(tmp_path / "snap", small_catalog, engine.settings, engine.learner_settings)
-    lazy = Engine.load(
-        tmp_path / "snap",
-        small_catalog,
-        engine.settings,
-        engine.learner_settings,
-        defer_cf_index=True,
-    )
+    lazy = _load_deferred(engine, tmp_path / "snap")
     assert len(lazy.recommend("u1", 10, {}, now=world.t).items) == 10  # answers right away
     assert lazy._cf_ready.wait(30)
     a = eager.recommend("u3", 10, {}, explore=False, now=world.t, request_id="r")
@@ -186,6 +191,38 @@ def test_a_deferred_cf_index_serves_at_once_and_ends_identical(
     assert a.item_ids == b.item_ids
     lazy.save(tmp_path / "again")  # waits for the index: a complete snapshot
     assert (tmp_path / "again" / "cf_index").exists()
+
+
+def test_a_save_under_the_engine_lock_does_not_deadlock_a_deferred_cf_index(
+    small_catalog: Catalog, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A snapshot cut right after a rollback held the engine lock while its save waited for
+    the deferred CF index, whose install waited for that lock: requests hung behind both."""
+    from online import engine as engine_module
+
+    engine = make_engine(small_catalog)
+    list(run_world(engine, world, steps=30))
+    engine.refresh_index()
+    engine.save(tmp_path / "snap")
+    load = engine_module.HNSWRetriever.load
+
+    def slow_load(path: Path) -> HNSWRetriever:
+        time.sleep(0.5)  # still loading when the save below begins
+        return load(path)
+
+    monkeypatch.setattr(engine_module.HNSWRetriever, "load", staticmethod(slow_load))
+    lazy = _load_deferred(engine, tmp_path / "snap")
+    assert not lazy.wait_loaded(0)
+    done = threading.Event()
+
+    def cut() -> None:
+        with lazy.lock:  # as a snapshot cut takes it
+            lazy.save(tmp_path / "again")
+        done.set()
+
+    threading.Thread(target=cut, daemon=True).start()
+    assert done.wait(30), "the save and the index install wait for each other"
+    assert lazy.wait_loaded(0) and (tmp_path / "again" / "cf_index").exists()
 
 
 def _offered_one_by_one(
