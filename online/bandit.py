@@ -49,11 +49,14 @@ How a slot is scored
 --------------------
 Only ``pos`` and ``sim`` change from slot to slot, and VW's cost estimate is linear in its
 features (GD's raw prediction, before any clamping), so an action's cost at any slot is
-``a + pos * b + sim * (c + pos * d)``. Under SquareCB, whose rule is segue's, four predictions
-over the whole pool (``pos`` and ``sim`` each 0 or 1) give every action's terms and the 30
-slots are array arithmetic; the plain loop with a VW prediction per slot is the test oracle
-(equal up to float32 rounding). ``"epsilon"`` and ``"softmax"`` read VW's own pmf, so they
-ask VW at every slot.
+``a + pos * b + sim * (c + pos * d)``. Under SquareCB, whose rule is segue's, two predictions
+over the pool and two of one action (:meth:`BanditReranker._linear_terms`) give every
+action's terms, and the 30 slots are a loop compiled with Numba (:mod:`online._slots`) that
+releases the interpreter lock; the plain loop with a VW prediction per slot is the test
+oracle (equal up to float32 rounding).
+``"epsilon"`` and ``"softmax"`` read VW's own pmf, so they ask VW at every slot. Every rule
+draws its uniforms before the loop, one per slot that can be filled, so a list takes the same
+draws from the seeded stream whichever loop fills it.
 
 ``w = 0`` returns without calling VW, leaving the model exactly unchanged; VW's
 importance-aware updates move a smaller ``w`` less.
@@ -91,6 +94,7 @@ import pylibvw
 import vowpalwabbit
 
 from feedback.events import SlateEntry
+from online._slots import fill_squarecb
 from online._statefile import read_state, write_state
 from online.relevance import encode_context
 
@@ -473,6 +477,9 @@ class BanditReranker:
         # The bindings under Workspace.parse / predict / finish_example: the wrappers build a
         # Python Example per action and check types on every call, which costs several times
         # VW's own parse and predictions.
+        # one uniform per slot that can be filled, drawn before the loop (the same stream for
+        # every exploration rule; the greedy list draws none)
+        uniforms = self._rng.random(min(k, n)) if explore else None
         ws = self._ws
         exs = pylibvw.vw._parse(ws, orjson.dumps(doc).decode())
         if linear:
@@ -480,7 +487,7 @@ class BanditReranker:
                 terms = self._linear_terms(exs)
             finally:
                 pylibvw.vw._finish_example_multi_ex(ws, exs)
-            return self._fill_linear(pool, static, units, terms, k, explore, max_per_artist)
+            return self._fill_linear(pool, static, units, terms, k, uniforms, max_per_artist)
         sim = np.zeros(n)
         served_sim = np.full(n, _PLACEHOLDER)  # the value currently in each parsed example
         rounded = np.empty(n)
@@ -536,9 +543,8 @@ class BanditReranker:
                 # (argmax's first maximum, cumsum's running sum, searchsorted(side="right")
                 # is bisect_right)
                 greedy = probs.index(max(probs))
-                if explore:
-                    u = self._rng.random()
-                    j = min(bisect_right(list(accumulate(probs)), u), m - 1)
+                if uniforms is not None:
+                    j = min(bisect_right(list(accumulate(probs)), uniforms[position]), m - 1)
                     while probs[j] <= 0.0:  # float round-off at the top end of the cdf
                         j -= 1
                     propensity = probs[j]
@@ -625,89 +631,59 @@ class BanditReranker:
         units: np.ndarray | None,
         terms: tuple[np.ndarray, np.ndarray, float, float],
         k: int,
-        explore: bool,
+        uniforms: np.ndarray | None,
         max_per_artist: int | None,
     ) -> list[SlateEntry]:
-        """The slot loop of :meth:`_fill` for SquareCB, from :meth:`_linear_terms`: each slot
-        is a few array operations over the eligible actions instead of a VW call."""
+        """The slot loop of :meth:`_fill` for SquareCB, from :meth:`_linear_terms`, compiled
+        (:func:`online._slots.fill_squarecb`; it releases the interpreter lock)."""
         n = len(pool)
         ids, artists = pool.item_ids, pool.artists
         a, b, c, d = terms
-        positions = [
-            _POSITION_VALUES[p] if p < len(_POSITION_VALUES) else round(math.log1p(p), _DIGITS)
-            for p in range(min(k, n))
-        ]
-        # cost at slot p = base[p] + sim * slope[p], for every slot at once; a placed row, or
-        # one whose artist is at the cap, gets base +inf in every slot: probability 0 (1 / inf)
-        # without compacting the arrays per slot
-        pv = np.array(positions)[:, None]
-        base = a + pv * b
-        slope = c + pv * d
-        sim = np.zeros(n)
-        served = np.zeros(n)
-        cost = np.empty(n)
-        pmf = np.empty(n)
-        remaining = n
-        by_artist: dict[str, list[int]] = {}
-        for i, artist in enumerate(artists):
-            by_artist.setdefault(artist, []).append(i)
-        per_artist: Counter[str] = Counter()
+        slots = min(k, n)
+        positions = np.array(
+            [
+                _POSITION_VALUES[p] if p < len(_POSITION_VALUES) else round(math.log1p(p), _DIGITS)
+                for p in range(slots)
+            ]
+        )
+        codes: dict[str, int] = {}
+        artist_codes = np.array([codes.setdefault(x, len(codes)) for x in artists], dtype=np.int64)
         gamma = self.gamma_scale * float(self.n_learned) ** self.gamma_exponent
-        inf = math.inf
+        rows = np.empty(slots, dtype=np.int64)
+        propensities, costs, sims = np.empty(slots), np.empty(slots), np.empty(slots)
+        explored = np.empty(slots, dtype=bool)
+        filled = fill_squarecb(
+            np.ascontiguousarray(a, dtype=np.float64),
+            np.ascontiguousarray(b, dtype=np.float64),
+            float(c),
+            float(d),
+            positions,
+            np.ascontiguousarray(units if units is not None else np.zeros((n, 0))),
+            artist_codes,
+            max_per_artist or 0,
+            gamma,
+            uniforms is not None,
+            uniforms if uniforms is not None else np.zeros(0),
+            rows,
+            propensities,
+            costs,
+            sims,
+            explored,
+        )
         slate: list[SlateEntry] = []
-        for position, pos_value in enumerate(positions):
-            if remaining == 0:
-                break
-            np.multiply(served, slope[position], out=cost)
-            cost += base[position]
-            # SquareCB (see _squarecb_pmf) over the eligible rows; blocked rows get 0
-            best = int(cost.argmin())
-            np.subtract(cost, cost[best], out=pmf)
-            if gamma > 0.0:
-                pmf *= gamma
-            else:  # uniform; inf * 0 would be NaN
-                pmf[pmf != inf] = 0.0
-            pmf += remaining
-            np.reciprocal(pmf, out=pmf)
-            pmf[best] = 0.0
-            pmf[best] = max(0.0, 1.0 - float(pmf.sum()))
-            if explore:
-                u = self._rng.random()
-                # the first row whose running sum passes u has mass (searchsorted "right");
-                # round-off at the top end of the cdf falls back to the last row with mass
-                j = min(int(pmf.cumsum().searchsorted(u, side="right")), n - 1)
-                while pmf[j] <= 0.0:
-                    j -= 1
-                propensity = float(pmf[j])
-            else:
-                j, propensity = best, 1.0
+        for slot, j, propensity, cost, sim, flag in zip(
+            range(filled),
+            rows[:filled].tolist(),
+            propensities[:filled].tolist(),
+            costs[:filled].tolist(),
+            sims[:filled].tolist(),
+            explored[:filled].tolist(),
+            strict=True,
+        ):
             features = dict(static[j])
-            features["sim"] = float(served[j])
-            features["pos"] = pos_value
-            slate.append(
-                SlateEntry(
-                    item_id=ids[j],
-                    position=position,
-                    score=-float(cost[j]),
-                    propensity=min(1.0, propensity),
-                    explored=j != best,
-                    features=features,
-                )
-            )
-            base[:, j] = inf
-            remaining -= 1
-            artist = artists[j]
-            per_artist[artist] += 1
-            if max_per_artist is not None and per_artist[artist] >= max_per_artist:
-                capped = by_artist[artist]
-                remaining -= int(np.count_nonzero(base[0, capped] != inf))
-                base[:, capped] = inf
-            if units is not None:
-                np.maximum(sim, units @ units[j], out=sim)
-                # the similarity served is the rounded one (np.round: scale, rint, unscale)
-                np.multiply(sim, _SCALE, out=served)
-                np.rint(served, out=served)
-                np.divide(served, _SCALE, out=served)
+            features["sim"] = sim
+            features["pos"] = float(positions[slot])
+            slate.append(SlateEntry(ids[j], slot, -cost, propensity, flag, features))
         return slate
 
     # ------------------------------------------------------------------ learning

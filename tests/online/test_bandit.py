@@ -258,6 +258,7 @@ def _reference_rank(
     sim, served = np.zeros(n), np.full(n, 1.0)
     placed: list[int] = []
     slate: list[SlateEntry] = []
+    uniforms = bandit._rng.random(min(k, n)) if explore else None  # one per slot, up front
     exs = bandit._ws.parse(json.dumps(doc))
     try:
         for position in range(k):
@@ -279,8 +280,8 @@ def _reference_rank(
                     served[i] = value
             pmf, costs = bandit._predict([exs[0], *(exs[1 + i] for i in eligible)])
             greedy = int(np.argmax(pmf))
-            if explore:
-                j = int(np.searchsorted(np.cumsum(pmf), bandit._rng.random(), side="right"))
+            if uniforms is not None:
+                j = int(np.searchsorted(np.cumsum(pmf), uniforms[position], side="right"))
                 j = min(j, len(eligible) - 1)
                 while pmf[j] <= 0.0:
                     j -= 1
