@@ -9,7 +9,8 @@ whole list takes tens of microseconds and releases the lock (``nogil``), so requ
 other threads go on meanwhile.
 
 The kernel is compiled when this module is imported (an explicit signature) and cached on
-disk next to it, so no request pays for compilation.
+disk next to it (or in Numba's user cache), so no request pays for compilation; where no
+cache location is writable it is compiled at every import, a second or two.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ __all__ = ["fill_squarecb"]
 _SCALE = 1e4  # the served similarity is rounded to 4 decimals, as every served feature
 
 
-@njit(
+_SIGNATURE = (
     "int64(float64[::1], float64[::1], float64, float64, float64[::1], float64[:, ::1], "
     "int64[::1], int64, float64, boolean, float64[::1], int64[::1], float64[::1], "
-    "float64[::1], float64[::1], boolean[::1])",
-    cache=True,
-    nogil=True,
+    "float64[::1], float64[::1], boolean[::1])"
 )
-def fill_squarecb(
+
+
+def _fill_squarecb(
     a: np.ndarray,
     b: np.ndarray,
     c: float,
@@ -132,3 +133,9 @@ def fill_squarecb(
                     sim[i] = dot
                     served[i] = np.rint(dot * _SCALE) / _SCALE
     return filled
+
+
+try:
+    fill_squarecb = njit(_SIGNATURE, cache=True, nogil=True)(_fill_squarecb)
+except RuntimeError:  # no writable place for Numba's cache (a read-only install): compile here
+    fill_squarecb = njit(_SIGNATURE, nogil=True)(_fill_squarecb)
