@@ -96,7 +96,7 @@ class InMemoryDecisionLog:
 
     def put(self, decision: Decision) -> None:
         now = self._clock()
-        raw = orjson.dumps(decision.to_dict())
+        raw = decision.to_json()
         with self._lock:
             self._entries.pop(decision.request_id, None)
             self._entries[decision.request_id] = (now, raw)
@@ -162,7 +162,7 @@ class RedisDecisionLog:
     def put(self, decision: Decision) -> None:
         self._client.set(
             self.key(decision.request_id),
-            orjson.dumps(decision.to_dict()),
+            decision.to_json(),
             px=max(1, round(self.ttl_s * 1000)),
         )
 

@@ -303,6 +303,8 @@ class Services:
         self.log.close()
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """The app's services (a coroutine: FastAPI runs a plain function dependency on its
+    thread pool, a thread hop per request for one attribute read)."""
     services: Services = request.app.state.services
     return services

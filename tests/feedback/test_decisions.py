@@ -57,6 +57,17 @@ def test_put_then_get_round_trips_exactly(log: DecisionLog) -> None:
     assert isinstance(log, DecisionLog)
 
 
+def test_stored_json_is_the_dict_form_whichever_way_it_is_written() -> None:
+    from types import MappingProxyType
+
+    import orjson
+
+    d = decision("r1")
+    assert orjson.loads(d.to_json()) == d.to_dict()  # the dataclasses written directly
+    proxied = Decision("r2", "u1", 1.0, "v3", d.slate, context=MappingProxyType({"hour": 9}))
+    assert orjson.loads(proxied.to_json()) == proxied.to_dict()  # through to_dict
+
+
 def test_get_many_returns_only_known_ids(log: DecisionLog) -> None:
     for rid in ("r1", "r2", "r3"):
         log.put(decision(rid))
