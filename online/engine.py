@@ -931,17 +931,20 @@ class Engine:
     def save(self, directory: Path) -> None:
         """Write every learned state into ``directory`` (a snapshot's staging directory).
 
-        A deferred CF index is part of the state, so this waits for it (see
-        :meth:`wait_loaded`); a caller holding :attr:`lock` should wait before taking it.
+        Call it from the thread that learns (or with learning stopped), without holding
+        :attr:`lock`: it takes the lock for what requests use too (the bandit's VW workspace,
+        the counters, sessions, the figures), and writes the rest outside it, so lists go on
+        being served meanwhile: the relevance model's River state (requests read its numpy
+        mirror, only learning writes it) and the CF index (its save lets queries run), the
+        largest parts at a million items. A deferred CF index is part of the state, so this waits for it (see
+        :meth:`wait_loaded`).
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.wait_loaded()
         with self.lock:
             self._mark_dirty(sorted(self._relevance.pop_touched()))  # the moved items, all of them
-            self._relevance.dump(directory / "relevance.bin")
             self._bandit.dump(directory / "bandit.bin")
-            self._cf_index.save(directory / "cf_index")
             (directory / "popularity.json").write_bytes(self._popularity.dump())
             (directory / "exposure.json").write_bytes(self._exposure.dump())
             (directory / "sessions.json").write_bytes(self._sessions.dump())
@@ -957,7 +960,9 @@ class Engine:
                 "rng": self._rng.bit_generator.state,
                 "settings": self.settings.model_dump(mode="json"),
             }
-            (directory / "engine.json").write_text(json.dumps(meta, default=int))
+        self._relevance.dump(directory / "relevance.bin")
+        self._cf_index.save(directory / "cf_index")
+        (directory / "engine.json").write_text(json.dumps(meta, default=int))
 
     @classmethod
     def load(

@@ -229,12 +229,12 @@ class Learner:
         # the engine lock, which every request needs meanwhile
         engine.wait_loaded()
         with self.store.stage() as staging:
-            # the files and the figures that describe them are taken under the engine lock;
-            # hashing and fsyncing them (most of a cut) happen outside it, so requests served
-            # from this engine do not wait for the disk. Only this thread learns, so nothing
-            # the manifest records can move in between.
+            # save takes the engine lock only for what requests use too; hashing and fsyncing
+            # the files (most of a cut) happen outside it, so requests served from this engine
+            # do not wait for the disk. Only this thread learns, so nothing the files or the
+            # manifest record can move in between.
+            engine.save(staging.path)
             with engine.lock:
-                engine.save(staging.path)
                 offset, events = engine.offset + 1, engine.learned_since_base
                 watermark, metrics = engine.watermark, engine.quality(reset=True)
                 parent = engine.base_version if engine.base_version != "v0" else None

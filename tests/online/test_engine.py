@@ -6,6 +6,7 @@ import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -223,6 +224,52 @@ def test_a_save_under_the_engine_lock_does_not_deadlock_a_deferred_cf_index(
     threading.Thread(target=cut, daemon=True).start()
     assert done.wait(30), "the save and the index install wait for each other"
     assert lazy.wait_loaded(0) and (tmp_path / "again" / "cf_index").exists()
+
+
+def test_saving_writes_the_largest_parts_while_requests_can_take_the_lock(
+    small_catalog: Catalog, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A snapshot cut must not stall requests for the relevance model's pickle and the CF
+    index's arrays: the engine lock is free while they are written, and the snapshot still
+    loads into the same engine."""
+    from online import engine as engine_module
+    from online.relevance import RelevanceModel
+
+    engine = make_engine(small_catalog)
+    list(run_world(engine, world, steps=30))
+    engine.refresh_index()
+    free: dict[str, bool] = {}
+
+    def lock_is_free() -> bool:
+        got: list[bool] = []
+
+        def take() -> None:  # as a request on another thread would
+            got.append(engine.lock.acquire(timeout=5))
+            if got[0]:
+                engine.lock.release()
+
+        probe = threading.Thread(target=take)
+        probe.start()
+        probe.join()
+        return got[0]
+
+    def watched(name: str, real: Any) -> Any:
+        def write(self: Any, path: Path) -> None:
+            free[name] = lock_is_free()
+            real(self, path)
+
+        return write
+
+    monkeypatch.setattr(RelevanceModel, "dump", watched("relevance", RelevanceModel.dump))
+    monkeypatch.setattr(
+        engine_module.HNSWRetriever, "save", watched("cf_index", engine_module.HNSWRetriever.save)
+    )
+    engine.save(tmp_path / "snap")
+    assert free == {"relevance": True, "cf_index": True}
+    again = Engine.load(tmp_path / "snap", small_catalog, engine.settings, engine.learner_settings)
+    a = engine.recommend("u3", 10, {}, explore=False, now=world.t, request_id="r")
+    b = again.recommend("u3", 10, {}, explore=False, now=world.t, request_id="r")
+    assert a.item_ids == b.item_ids
 
 
 def _offered_one_by_one(
