@@ -936,8 +936,8 @@ class Engine:
         the counters, sessions, the figures), and writes the rest outside it, so lists go on
         being served meanwhile: the relevance model's River state (requests read its numpy
         mirror, only learning writes it) and the CF index (its save lets queries run), the
-        largest parts at a million items. A deferred CF index is part of the state, so this waits for it (see
-        :meth:`wait_loaded`).
+        largest parts at a million items. A deferred CF index is part of the state, so this
+        waits for it (see :meth:`wait_loaded`).
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
