@@ -219,6 +219,13 @@ _SCALE = 10.0**_DIGITS
 _POSITION_VALUES = tuple(round(math.log1p(p), _DIGITS) for p in range(128))
 
 
+def _position_value(position: int) -> float:
+    """The ``pos`` feature of a slot: ``log1p(position)`` rounded as every served feature."""
+    if position < len(_POSITION_VALUES):
+        return _POSITION_VALUES[position]
+    return round(math.log1p(position), _DIGITS)
+
+
 def _round(x: np.ndarray) -> np.ndarray:
     """``round(v, _DIGITS)`` of every value of ``x``, bit for bit as Python rounds a float.
 
@@ -394,9 +401,13 @@ class BanditReranker:
         pmf = np.asarray(exs[0].get_action_scores(), dtype=float)
         return pmf / pmf.sum(), None
 
+    @property
+    def _gamma(self) -> float:
+        """SquareCB's greediness now: ``gamma_scale * n_learned ** gamma_exponent``."""
+        return self.gamma_scale * float(self.n_learned) ** self.gamma_exponent
+
     def _squarecb(self, costs: np.ndarray) -> np.ndarray:
-        gamma = self.gamma_scale * float(self.n_learned) ** self.gamma_exponent
-        return _squarecb_pmf(np.asarray(costs, dtype=float), gamma)
+        return _squarecb_pmf(np.asarray(costs, dtype=float), self._gamma)
 
     # ------------------------------------------------------------------ ranking
 
@@ -513,11 +524,7 @@ class BanditReranker:
                 m = len(eligible)
                 if m == 0:
                     break
-                pos_value = (
-                    _POSITION_VALUES[position]
-                    if position < len(_POSITION_VALUES)
-                    else (round(math.log1p(position), _DIGITS))
-                )
+                pos_value = _position_value(position)
                 pop_feature(shared_ex, ns_p)
                 push_feature(shared_ex, ns_p, pos_index, pos_value)
                 # np.round(sim, _DIGITS) step for step (scale, rint, unscale), in place
@@ -640,15 +647,10 @@ class BanditReranker:
         ids, artists = pool.item_ids, pool.artists
         a, b, c, d = terms
         slots = min(k, n)
-        positions = np.array(
-            [
-                _POSITION_VALUES[p] if p < len(_POSITION_VALUES) else round(math.log1p(p), _DIGITS)
-                for p in range(slots)
-            ]
-        )
+        positions = np.array([_position_value(p) for p in range(slots)])
         codes: dict[str, int] = {}
         artist_codes = np.array([codes.setdefault(x, len(codes)) for x in artists], dtype=np.int64)
-        gamma = self.gamma_scale * float(self.n_learned) ** self.gamma_exponent
+        gamma = self._gamma
         rows = np.empty(slots, dtype=np.int64)
         propensities, costs, sims = np.empty(slots), np.empty(slots), np.empty(slots)
         explored = np.empty(slots, dtype=bool)
