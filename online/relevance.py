@@ -453,22 +453,30 @@ class RelevanceModel:
 
     # ------------------------------------------------------------------ prediction
 
-    def predict_many(self, user: str, items: Sequence[Item], context: Context) -> np.ndarray:
-        """Probabilities for every item, vectorized; equal to :meth:`predict_one` per item."""
+    def _scored(
+        self, user: str, items: Sequence[Item], context: Context
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Probabilities of ``items`` and their item-side parts (latent sums, biases)."""
         u, const = self._user_parts(user, context)
         s, bias = self._item_parts(items)
         logits = const + bias + s @ u
-        return 1.0 / (1.0 + np.exp(-logits))
+        return 1.0 / (1.0 + np.exp(-logits)), s, bias
+
+    @staticmethod
+    def _vectors(s: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        return np.hstack([s, bias[:, None]]).astype(np.float32)
+
+    def predict_many(self, user: str, items: Sequence[Item], context: Context) -> np.ndarray:
+        """Probabilities for every item, vectorized; equal to :meth:`predict_one` per item."""
+        return self._scored(user, items, context)[0]
 
     def predict_many_with_vectors(
         self, user: str, items: Sequence[Item], context: Context
     ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`predict_many` and :meth:`item_vectors` of the same items in one pass (the
         serving path needs both)."""
-        u, const = self._user_parts(user, context)
-        s, bias = self._item_parts(items)
-        logits = const + bias + s @ u
-        return 1.0 / (1.0 + np.exp(-logits)), np.hstack([s, bias[:, None]]).astype(np.float32)
+        probabilities, s, bias = self._scored(user, items, context)
+        return probabilities, self._vectors(s, bias)
 
     def predict_one(self, user: str, item: Item, context: Context) -> float:
         """Probability of a positive outcome for ``item`` (equal to :meth:`predict_many`'s up to
@@ -489,8 +497,7 @@ class RelevanceModel:
 
     def item_vectors(self, items: Sequence[Item]) -> np.ndarray:
         """``(n, dim)`` float32: ``[sum of item-side latents, item bias]`` per item."""
-        s, bias = self._item_parts(items)
-        return np.hstack([s, bias[:, None]]).astype(np.float32)
+        return self._vectors(*self._item_parts(items))
 
     def item_vector(self, item: Item) -> np.ndarray:
         """One row of :meth:`item_vectors`."""

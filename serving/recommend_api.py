@@ -82,7 +82,7 @@ async def recommend(
         popular=services.popular,
     )
     # RecommendOut's fields (the documented schema), written directly: FastAPI would build
-    # the models and validate them again on the way out, a tenth of a list's CPU
+    # the models and validate them again on the way out, for every list
     payload = {
         "request_id": rec.request_id,
         "model_version": rec.model_version,
