@@ -27,7 +27,7 @@ from feedback.events import Event
 from feedback.log import SQLEventLog
 from online.catalog import Catalog
 from online.demo import generate_demo_catalog
-from online.engine import Engine
+from online.engine import ContentIndex, Engine
 from online.heap import refreeze_later
 from online.learner import Learner, StepReport, open_engine
 from online.redis_sessions import RedisSessions
@@ -113,12 +113,25 @@ class Services:
             keep=settings.snapshot.keep,
             guard=PromotionGuard.from_settings(settings.snapshot),
         )
+        content_index = None
+        if settings.embedding_dim is not None:
+            es = settings.engine
+            content_index = ContentIndex.open(
+                catalog,
+                settings.embedding_dim,
+                settings.content_index_path(),
+                m=es.hnsw_m,
+                ef=es.hnsw_ef,
+                seed=es.seed,
+                threads=es.index_threads,
+            )
         engine = open_engine(
             catalog,
             store,
             settings.engine,
             settings.learner,
             decisions=decisions,
+            content_index=content_index,
             sessions=sessions,
         )
         services = cls(

@@ -6,6 +6,7 @@ import gc
 import time
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -226,3 +227,30 @@ def test_garbage_collection_pauses_are_a_metric(client: TestClient):
     gc.collect()
     gc.collect()
     assert full_collections() == before + 2
+
+
+def test_a_restarted_service_reads_its_content_index_instead_of_building_it(
+    make_client: Callable[..., TestClient], tmp_path
+):
+    data = tmp_path / "kept"
+    first = make_client(data, embedding_dim=8)
+    first.post("/v1/items", json={"items": items(300)})
+    index = engine_of(first).content_index
+    assert index is not None and not index.restored
+    index.sync(engine_of(first).catalog)  # as the learner's next cycle does
+    assert len(index.index) == 300
+    assert index.save(data / "content-index")  # as a start-up with this catalog would
+    first.delete("/v1/items/t7")  # after the copy was written
+
+    second = make_client(data, embedding_dim=8)
+    again = engine_of(second).content_index
+    assert again is not None and again.restored
+    assert len(again.index) == 299  # the copy, and the withdrawal since
+    listed = second.post("/v1/recommend", json={"user_id": "z", "k": 30}).json()
+    assert listed["items"] and listed["fallback"] is None
+    t7 = engine_of(second).catalog.index_of("t7")
+    assert not again.index.stored(np.array([t7]))[1][0]
+
+    third = make_client(tmp_path / "other", embedding_dim=8, serving={"content_index_cache": False})
+    assert not (tmp_path / "other" / "content-index").exists()
+    assert engine_of(third).content_index.restored is False  # type: ignore[union-attr]
