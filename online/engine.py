@@ -971,6 +971,9 @@ class Engine:
         full sweep (``index_lag()['last_sweep_s']``), which also brings in new items whose
         artist or genre latents give them a vector before their first play. Items with no
         learned signal yet (a zero latent part) are left out of the index.
+
+        Call it from the thread that calls :meth:`learn` (the learner's): it reads the
+        relevance model outside the engine lock, which is safe only beside no other writer.
         """
         if not self._cf_ready.is_set():
             return 0  # the CF index is still loading: moved items stay queued until it is in
@@ -993,14 +996,17 @@ class Engine:
                     self._sweep_started = now
             if not chosen:
                 return 0
-            idx = np.unique(np.asarray(chosen, dtype=np.int64))
-            view = self.catalog.view()
-            idx = idx[idx < len(view.ids)]
-            if not len(idx):
-                return 0
-            # the model reads only ids, artists and genres: no full items needed
-            vectors = self._relevance.item_vectors(self.catalog.feature_items(idx.tolist()))
             index = self._cf_index
+            relevance = self._relevance
+        idx = np.unique(np.asarray(chosen, dtype=np.int64))
+        idx = idx[idx < len(self.catalog.view().ids)]
+        if not len(idx):
+            return 0
+        # the vectors of thousands of items (tens of milliseconds) are computed outside the
+        # engine lock, which requests wait for: only the learning thread, this one, changes
+        # the relevance model, so nothing moves meanwhile; requests only read it. The model
+        # reads only ids, artists and genres: no full items needed.
+        vectors = relevance.item_vectors(self.catalog.feature_items(idx.tolist()))
         keep = np.abs(vectors[:, :-1]).sum(axis=1) > 0  # no learned signal yet: not indexed
         ids = idx[keep]
         vectors = vectors[keep]

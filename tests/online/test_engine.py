@@ -226,6 +226,47 @@ def test_a_save_under_the_engine_lock_does_not_deadlock_a_deferred_cf_index(
     assert lazy.wait_loaded(0) and (tmp_path / "again" / "cf_index").exists()
 
 
+def lock_is_free(engine: Engine) -> bool:
+    """Whether another thread, as a request would, can take the engine lock now."""
+    got: list[bool] = []
+
+    def take() -> None:
+        got.append(engine.lock.acquire(timeout=5))
+        if got[0]:
+            engine.lock.release()
+
+    probe = threading.Thread(target=take)
+    probe.start()
+    probe.join()
+    return got[0]
+
+
+def test_an_index_refresh_computes_thousands_of_vectors_while_requests_can_take_the_lock(
+    small_catalog: Catalog, world: World, monkeypatch: pytest.MonkeyPatch
+):
+    """The learner re-indexes moved items every second: computing their vectors (tens of
+    milliseconds for thousands of items) must not hold the lock every request needs, and
+    the index must still end up with exactly the model's vectors."""
+    from online.relevance import RelevanceModel
+
+    engine = make_engine(small_catalog, index_sweep_batch=0)
+    list(run_world(engine, world, steps=30))
+    free: list[bool] = []
+    real = RelevanceModel.item_vectors
+
+    def watched(self: RelevanceModel, items: Any) -> np.ndarray:
+        free.append(lock_is_free(engine))
+        return real(self, items)
+
+    monkeypatch.setattr(RelevanceModel, "item_vectors", watched)
+    assert engine.refresh_index() > 0
+    assert free == [True]
+    view = small_catalog.view()
+    stored, live = engine._cf_index.stored(np.arange(len(view.ids)))
+    want = real(engine.relevance, small_catalog.feature_items(np.flatnonzero(live).tolist()))
+    assert np.allclose(stored[live], want, atol=1e-6)
+
+
 def test_saving_writes_the_largest_parts_while_requests_can_take_the_lock(
     small_catalog: Catalog, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
@@ -240,22 +281,9 @@ def test_saving_writes_the_largest_parts_while_requests_can_take_the_lock(
     engine.refresh_index()
     free: dict[str, bool] = {}
 
-    def lock_is_free() -> bool:
-        got: list[bool] = []
-
-        def take() -> None:  # as a request on another thread would
-            got.append(engine.lock.acquire(timeout=5))
-            if got[0]:
-                engine.lock.release()
-
-        probe = threading.Thread(target=take)
-        probe.start()
-        probe.join()
-        return got[0]
-
     def watched(name: str, real: Any) -> Any:
         def write(self: Any, path: Path) -> None:
-            free[name] = lock_is_free()
+            free[name] = lock_is_free(engine)
             real(self, path)
 
         return write
