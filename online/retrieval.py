@@ -33,11 +33,16 @@ reported by ``benchmarks/bench_ann.py``. Vectors of any norm can be added at any
 ``resize_index`` or ``mark_deleted`` (hnswlib issues 562, 590). A readers-writer lock guards
 the graph: any number of queries run together (``knn_query`` releases the GIL, so they use
 several cores), every mutation takes the lock exclusively, writers are preferred so a stream
-of queries cannot starve them, and large upserts are applied in slices of ``write_batch``
-vectors so a query waits at most one slice. A second mutex serialises writers, so a rebuild
-(minutes at a million items) holds it without blocking queries. hnswlib's ``ef`` is global
-state of the index: queries asking for the same ``ef`` share the lock; a query with another
-``ef`` waits for the running ones to drain, sets it, and then lets its peers in.
+of queries cannot starve them, and large upserts are applied in slices sized to take about
+``write_slice_s`` each (at most ``write_batch`` vectors), so a query waits at most one slice.
+Between two slices the writer steps aside for the queries that queued meanwhile: writer
+preference alone would hold them through every slice of a refresh, because the writer
+re-takes the lock before they wake. Slices are timed, not counted, because hnswlib's write
+costs vary widely: re-linking a moved vector (``updatePoint``) costs several times an insert,
+and more in larger, higher-dimensional graphs. A second mutex serialises writers, so a
+rebuild (minutes at a million items) holds it without blocking queries. hnswlib's ``ef`` is
+global state of the index: queries asking for the same ``ef`` share the lock; a query with
+another ``ef`` waits for the running ones to drain, sets it, and then lets its peers in.
 
 **Filtering.** Unavailable items are :meth:`~HNSWRetriever.remove`\\ d, which calls
 ``mark_deleted``: the graph still routes through them but never returns them, at no cost per
@@ -69,6 +74,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -125,26 +131,33 @@ class _ReadWriteLock:
         self._writer = False
         self._waiting_writers = 0
         self._waiting_switch = 0
+        self._waiting_readers = 0
         self._ef: int | None = None
 
     @contextmanager
     def read(self, ef: int | None = None, set_ef: Callable[[int], None] | None = None) -> Iterator:
         with self._cond:
-            if ef is None or ef == self._ef:
-                while self._writer or self._waiting_writers or self._waiting_switch:
-                    self._cond.wait()
-            if ef is not None and ef != self._ef:
-                self._waiting_switch += 1
-                try:
-                    while self._writer or (self._readers and ef != self._ef):
+            self._waiting_readers += 1
+            try:
+                if ef is None or ef == self._ef:
+                    while self._writer or self._waiting_writers or self._waiting_switch:
                         self._cond.wait()
-                finally:
-                    self._waiting_switch -= 1
-                if ef != self._ef:
-                    if set_ef is not None:
-                        set_ef(ef)
-                    self._ef = ef
-                self._cond.notify_all()
+                if ef is not None and ef != self._ef:
+                    self._waiting_switch += 1
+                    try:
+                        while self._writer or (self._readers and ef != self._ef):
+                            self._cond.wait()
+                    finally:
+                        self._waiting_switch -= 1
+                    if ef != self._ef:
+                        if set_ef is not None:
+                            set_ef(ef)
+                        self._ef = ef
+                    self._cond.notify_all()
+            finally:
+                self._waiting_readers -= 1
+            if not self._waiting_readers:
+                self._cond.notify_all()  # a writer stepping aside (yield_to_readers) goes on
             self._readers += 1
         try:
             yield
@@ -170,6 +183,16 @@ class _ReadWriteLock:
             with self._cond:
                 self._writer = False
                 self._cond.notify_all()
+
+    def yield_to_readers(self, timeout: float = 0.05) -> None:
+        """Between two writes: let the readers waiting now in before the next write.
+
+        Call it holding no write lock. Returns when none waits any more (they have the lock
+        or are done) or after ``timeout`` seconds.
+        """
+        with self._cond:
+            if self._waiting_readers:
+                self._cond.wait_for(lambda: not self._waiting_readers, timeout)
 
     def forget_ef(self) -> None:
         """The index was replaced: the next reader sets its ``ef`` again (call while writing)."""
@@ -395,7 +418,8 @@ class HNSWRetriever(_ExactVectors):
     for ``k=500``); ``num_threads`` is used by builds and ``add_items`` (a query always runs
     single-threaded in its caller's thread); ``capacity`` is the initial number of graph slots
     and ``growth`` the resize factor; ``write_batch`` bounds how many vectors one write adds
-    while queries wait; ``seed`` seeds the graph's level generator (a build is reproducible
+    while queries wait, and ``write_slice_s`` how long (the next slice is sized from the last
+    one's cost per vector); ``seed`` seeds the graph's level generator (a build is reproducible
     only with ``num_threads=1``).
     """
 
@@ -410,10 +434,13 @@ class HNSWRetriever(_ExactVectors):
         capacity: int = 1024,
         growth: float = 1.5,
         write_batch: int = 1024,
+        write_slice_s: float = 0.004,
         seed: int = 0,
     ) -> None:
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
+        if write_slice_s <= 0:
+            raise ValueError(f"write_slice_s must be > 0, got {write_slice_s}")
         if growth <= 1.0:
             raise ValueError(f"growth must be > 1, got {growth}")
         if ef < 1 or M < 2 or ef_construction < 1 or num_threads < 1 or write_batch < 1:
@@ -426,6 +453,8 @@ class HNSWRetriever(_ExactVectors):
         self.capacity = capacity
         self.growth = growth
         self.write_batch = write_batch
+        self.write_slice_s = write_slice_s
+        self._per_write_s = 0.0  # seconds per vector of the last slice written (sizes the next)
         self.seed = seed
 
         self._table = _VectorTable(dim)
@@ -444,7 +473,7 @@ class HNSWRetriever(_ExactVectors):
 
     def _params(self) -> dict:
         names = ["M", "ef_construction", "ef", "num_threads", "capacity", "growth"]
-        return {n: getattr(self, n) for n in [*names, "write_batch", "seed"]}
+        return {n: getattr(self, n) for n in [*names, "write_batch", "write_slice_s", "seed"]}
 
     def __len__(self) -> int:
         return self._n_live
@@ -481,9 +510,18 @@ class HNSWRetriever(_ExactVectors):
             # bulk path: build a fresh graph beside the serving one, then swap it in
             self._rebuild(ids, vectors)
             return
-        for start in range(0, ids.size, self.write_batch):
-            stop = start + self.write_batch
+        start = 0
+        while start < ids.size:
+            size = min(self.write_batch, 32)  # until a slice has been timed
+            if self._per_write_s > 0:
+                size = max(1, min(self.write_batch, int(self.write_slice_s / self._per_write_s)))
+            stop = min(ids.size, start + size)
+            began = time.perf_counter()
             self._upsert_slice(ids[start:stop], vectors[start:stop])
+            self._per_write_s = (time.perf_counter() - began) / (stop - start)
+            start = stop
+            if start < ids.size:
+                self._lock.yield_to_readers()
 
     def refresh(self, ids: np.ndarray, vectors: np.ndarray, tolerance: float = 0.0) -> int:
         """Upsert vectors that moved, re-linking in the graph only those that moved far.
@@ -519,6 +557,7 @@ class HNSWRetriever(_ExactVectors):
                 with self._lock.write():
                     self._table.vectors[ids[near]] = vectors[near]
             if relink.any():
+                self._lock.yield_to_readers()
                 self._upsert_locked(ids[relink], vectors[relink])
         return int(relink.sum())
 

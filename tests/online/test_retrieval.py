@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -331,3 +332,60 @@ def test_queries_stay_valid_while_another_thread_writes(data):
     oracle.remove(removed)
     assert len(hnsw) == len(oracle)
     assert recall(hnsw, oracle, queries) >= 0.95
+
+
+def test_a_long_write_lets_a_waiting_query_in_between_its_slices(data, monkeypatch):
+    """A refresh of thousands of vectors is written in slices; a query that arrives while
+    one is written is answered after that slice, not after the whole refresh."""
+    vectors, queries = data
+    # slices of write_batch (the time budget is not what this test is about)
+    hnsw = HNSWRetriever(DIM, ef=EF, seed=0, num_threads=1, write_batch=50, write_slice_s=60)
+    hnsw.upsert(np.arange(4_000), vectors[:4_000])
+    hnsw._per_write_s = 1e-9
+    written: list[int] = []
+    first = threading.Event()
+    real = HNSWRetriever._upsert_slice
+
+    def slow_slice(self: HNSWRetriever, ids: np.ndarray, vecs: np.ndarray) -> None:
+        with self._lock.write():
+            time.sleep(0.01)  # holding the write lock, as a costly re-link does
+        real(self, ids, vecs)
+        written.append(len(ids))
+        first.set()
+
+    monkeypatch.setattr(HNSWRetriever, "_upsert_slice", slow_slice)
+    writer = threading.Thread(target=hnsw.upsert, args=(np.arange(2_000), vectors[4_000:6_000]))
+    writer.start()
+    assert first.wait(10)
+    hnsw.query(queries[0], k=10)
+    slices_before_answer = len(written)
+    writer.join(60)
+    assert len(written) == 40
+    assert slices_before_answer <= 3  # the refresh was far from done
+
+
+def test_write_slices_are_sized_to_the_time_one_should_take(data, monkeypatch):
+    """After a slice is timed, the next holds about as many vectors as fit ``write_slice_s``:
+    few when writes are costly, up to ``write_batch`` when they are cheap."""
+    vectors, _ = data
+    hnsw = HNSWRetriever(DIM, seed=0, num_threads=1, write_batch=500, write_slice_s=0.02)
+    hnsw.upsert(np.arange(2_000), vectors[:2_000])
+    sizes: list[int] = []
+    delay = [0.001]
+    real = HNSWRetriever._upsert_slice
+
+    def timed(self: HNSWRetriever, ids: np.ndarray, vecs: np.ndarray) -> None:
+        sizes.append(len(ids))
+        real(self, ids, vecs)
+        time.sleep(delay[0] * len(ids))
+
+    monkeypatch.setattr(HNSWRetriever, "_upsert_slice", timed)
+    hnsw._per_write_s = 0.0
+    hnsw.upsert(np.arange(200), vectors[2_000:2_200])
+    assert sizes[0] == 32  # nothing timed yet: a small first slice
+    assert sum(sizes) == 200 and all(1 <= n <= 20 for n in sizes[1:]), sizes  # >= 1 ms each
+    sizes.clear()
+    delay[0] = 0.0
+    hnsw.write_slice_s = 1.0  # writes far cheaper than the budget: slices grow to write_batch
+    hnsw.upsert(np.arange(1_500), vectors[3_000:4_500])
+    assert sum(sizes) == 1_500 and max(sizes) == 500, sizes
