@@ -299,10 +299,45 @@ def wait_caught_up(port: int, timeout_s: float = 900) -> float:
 # -- the open-loop client ----------------------------------------------------------------------
 
 
+def feedback_events(request: bytes, answer: dict, rng: np.random.Generator, tag: str) -> list:
+    """What a client reports for a list it showed: every impression, and for the first ten
+    slots a play (30%) or a skip (30%), as in the warm-up."""
+    req = orjson.loads(request)
+    user, ctx, rid = req["user_id"], req.get("context", {}), answer["request_id"]
+    now_ms = int(time.time() * 1000)
+    out: list[dict] = []
+    for pos, item in enumerate(answer["items"]):
+        out.append(
+            {"event_id": f"{tag}{rid}-{pos}", "type": "impression", "user_id": user,
+             "item_id": item["item_id"], "timestamp": now_ms, "context": ctx,
+             "request_id": rid, "position": pos}
+        )  # fmt: skip
+        u = rng.random()
+        if pos < 10 and u < 0.6:
+            out.append(
+                {"event_id": f"{tag}{rid}-{pos}o", "type": "play" if u < 0.3 else "skip",
+                 "user_id": user, "item_id": item["item_id"], "timestamp": now_ms + 1,
+                 "context": ctx, "request_id": rid,
+                 "played_ms": 150_000 if u < 0.3 else 4_000, "duration_ms": 210_000}
+            )  # fmt: skip
+    return out
+
+
 def client(
-    port: int, path: str, bodies: list[bytes] | None, rate: float, seconds: float, out: mp.Queue
+    port: int,
+    path: str,
+    bodies: list[bytes] | None,
+    rate: float,
+    seconds: float,
+    out: mp.Queue,
+    feedback_share: float = 0.0,
 ) -> None:
-    """Send at ``rate``/s for ``seconds`` from a pool of keep-alive connections (open loop)."""
+    """Send at ``rate``/s for ``seconds`` from a pool of keep-alive connections (open loop).
+
+    With ``feedback_share`` > 0, that share of the lists served has its impressions and
+    outcomes posted to /v1/feedback meanwhile, in batches every half second (a streaming
+    app's clients reporting what they showed), so the learner works during the window.
+    """
     n = int(rate * seconds)
     latencies = [float("nan")] * n
     fallbacks = [None] * n
@@ -310,6 +345,25 @@ def client(
     lock = threading.Lock()
     nxt = iter(range(n))
     start = time.perf_counter() + 0.2
+    pending: list[dict] = []
+    posted = {"events": 0, "errors": 0}
+    done = threading.Event()
+    rng = np.random.default_rng(11)
+    tag = uuid.uuid4().hex[:6]
+
+    def reporter() -> None:
+        conn = Conn(port)
+        while True:
+            finished = done.wait(0.5)
+            with lock:
+                batch = pending[:]
+                pending.clear()
+            for k in range(0, len(batch), 1000):  # the intake's default batch limit
+                part = batch[k : k + 1000]
+                code, _ = conn.call("POST", "/v1/feedback", orjson.dumps({"events": part}))
+                posted["events" if code == 200 else "errors"] += len(part)
+            if finished:
+                return
 
     def worker() -> None:
         conn = Conn(port)
@@ -327,23 +381,36 @@ def client(
             latencies[i] = time.perf_counter() - due
             status[i] = code
             if body is not None and code == 200:
-                fallbacks[i] = orjson.loads(data)["fallback"]
+                answer = orjson.loads(data)
+                fallbacks[i] = answer["fallback"]
+                if feedback_share > 0 and answer["fallback"] is None:
+                    with lock:
+                        if rng.random() < feedback_share:
+                            pending.extend(feedback_events(body, answer, rng, tag))
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(48)]
+    report = threading.Thread(target=reporter, daemon=True)
+    if feedback_share > 0:
+        report.start()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    out.put((latencies, fallbacks, status, time.perf_counter() - start))
+    elapsed = time.perf_counter() - start
+    done.set()
+    if feedback_share > 0:
+        report.join()
+    out.put((latencies, fallbacks, status, elapsed, posted))
 
 
 def timed(
     port: int, path: str, bodies: list[bytes] | None, rate: float, args: argparse.Namespace
 ) -> dict:
     q: mp.Queue = mp.Queue()
-    p = mp.Process(target=client, args=(port, path, bodies, rate, args.seconds, q))
+    share = args.feedback_share if bodies is not None else 0.0
+    p = mp.Process(target=client, args=(port, path, bodies, rate, args.seconds, q, share))
     p.start()
-    latencies, fallbacks, status, elapsed = q.get()
+    latencies, fallbacks, status, elapsed, posted = q.get()
     p.join()
     ok = [lat for lat, s in zip(latencies, status, strict=True) if s == 200]
     pc = percentiles(ok, (50, 99, 99.9))
@@ -356,6 +423,8 @@ def timed(
         "fallback_ratio": sum(f is not None for f in served) / max(1, len(served)),
         "fallbacks": sorted({f for f in served if f is not None}),
         "achieved_rate": len(status) / elapsed,
+        "feedback_events": posted["events"],
+        "feedback_errors": posted["errors"],
     }
 
 
@@ -418,6 +487,14 @@ def _drop_redis_keys(prefix: str) -> None:
         client.delete(*keys)
 
 
+def snapshot_count(data: Path) -> int:
+    """The sequence number of the newest snapshot version (``v<seq>-<stamp>``): old versions
+    are pruned, so the difference of two readings counts the cuts between them."""
+    root = data / "snapshots"
+    seqs = [int(p.name[1:7]) for p in root.glob("v*") if p.is_dir() and p.name[1:7].isdigit()]
+    return max(seqs, default=0)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -453,6 +530,20 @@ def main() -> None:
         "start from them next time (the catalog is copied into each run's fresh data "
         "directory; the index is read, not built): repeat runs at 8.2M start in minutes",
     )
+    ap.add_argument(
+        "--feedback-share",
+        type=float,
+        default=0.0,
+        help="share of the lists served in a timed window whose impressions and outcomes are "
+        "posted to /v1/feedback meanwhile (0: none), so the learner works during the window",
+    )
+    ap.add_argument(
+        "--snapshot-every",
+        type=float,
+        default=None,
+        help="seconds between snapshot cuts (SEGUE_SNAPSHOT_EVERY_SECONDS; default the "
+        "service's own): with --feedback-share, cuts fall inside the timed windows",
+    )
     args = ap.parse_args()
     print(f"machine: {machine()}")
 
@@ -487,6 +578,8 @@ def main() -> None:
                 "SEGUE_SNAPSHOT_EVERY_SECONDS": "10",
             }
             serve_args = ["--workers", str(args.workers), "--no-learner"]
+        if args.snapshot_every is not None:
+            env["SEGUE_SNAPSHOT_EVERY_SECONDS"] = str(args.snapshot_every)
         started = time.monotonic()
         rows: list[dict] = []
         with serve(data, port, env=env, args=serve_args, timeout_s=3600) as proc:
@@ -522,10 +615,16 @@ def main() -> None:
                     ]
                     load = os.getloadavg()[0]
                     before = metrics(conn)
+                    cuts_before = snapshot_count(data)
                     cpu_before = cpu_seconds(proc.pid)
                     rec = timed(port, "/v1/recommend", bodies, rate, args)
                     rec["cpu_ms"] = 1000 * (cpu_seconds(proc.pid) - cpu_before) / len(bodies)
-                    stages = stage_stats(before, metrics(conn))
+                    after = metrics(conn)
+                    stages = stage_stats(before, after)
+                    rec["learned"] = metric_value(after, "segue_learner_events_total") - (
+                        metric_value(before, "segue_learner_events_total")
+                    )
+                    rec["cuts"] = snapshot_count(data) - cuts_before
                     base = timed(port, "/v1/model", None, rate, args)
                     rss = max(rss, tree_rss_mb(proc.pid))
                     rows.append(
@@ -539,7 +638,14 @@ def main() -> None:
                         f"{rec['fallback_ratio']:.1%} {rec['fallbacks']}, errors {rec['errors']}, "
                         f"{rec['achieved_rate']:.0f}/s | GET /v1/model p50 {base['p50']:.1f} ms, "
                         f"p99 {base['p99']:.1f} | stage means "
-                        + ", ".join(f"{s} {v['mean_ms']:.2f} ms" for s, v in stages.items()),
+                        + ", ".join(f"{s} {v['mean_ms']:.2f} ms" for s, v in stages.items())
+                        + (
+                            f" | feedback: {rec['feedback_events']} events posted "
+                            f"({rec['feedback_errors']} refused), {rec['learned']:.0f} learned, "
+                            f"{rec['cuts']} snapshot cuts"
+                            if args.feedback_share > 0
+                            else ""
+                        ),
                         flush=True,
                     )
                 time.sleep(15)  # let open breakers close and queues drain before the next rate
