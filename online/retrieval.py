@@ -575,8 +575,9 @@ class HNSWRetriever(_ExactVectors):
             index.add_items(vectors, ids, num_threads=self.num_threads)
             self._in_graph[ids] = True
             self._table.vectors[ids] = vectors
+            # counted, not summed: a sum over millions of ids would cost more than a small slice
+            self._n_live += int(np.count_nonzero(~self._table.live[ids]))  # ids are unique
             self._table.live[ids] = True
-            self._n_live = int(self._table.live.sum())
 
     def remove(self, ids: np.ndarray) -> int:
         ids = np.unique(self._table.known(_check_ids(ids)))
