@@ -418,10 +418,13 @@ class Catalog:
         over thousands of items; use :meth:`get_many` for anything served."""
         with self._lock:
             ids, records = self._ids_buf, self._records
-            return [
-                Item(ids[i], title=records[i][0], artist=records[i][1], genres=records[i][2])
-                for i in indexes
-            ]
+        # built outside the lock (an index refresh asks for thousands, which requests would
+        # wait for): rows are only ever appended or replaced whole, and a grown buffer is a
+        # new array, so these references stay right for every row asked about
+        return [
+            Item(ids[i], title=records[i][0], artist=records[i][1], genres=records[i][2])
+            for i in indexes
+        ]
 
     def indexes_of(self, item_ids: Iterable[str]) -> np.ndarray:
         """Dense indexes of ``item_ids`` (int64), ``-1`` for ids the catalog has never seen."""
