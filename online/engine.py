@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,6 +173,23 @@ def as_recommendation(
         fallback=fallback,
         took_ms=took_ms,
     )
+
+
+_REFRESH_PART = 250  # items per piece of an index refresh's vector pass (a few ms each)
+
+
+def _yielding(parts: Iterable[Any]) -> Iterator[Any]:
+    """``parts``, offering the interpreter lock to other threads between two of them.
+
+    Background work (learning, index refreshes) runs Python for tens of milliseconds at a
+    time; a request thread waiting for the interpreter lock meanwhile gets it only after
+    the switch interval (5 ms), at every one of its many releases (each ANN search, each
+    lock). ``time.sleep(0)`` hands it over at once.
+    """
+    for n, part in enumerate(parts):
+        if n:
+            time.sleep(0)
+        yield part
 
 
 def _merge_offers(
@@ -1006,7 +1023,12 @@ class Engine:
         # engine lock, which requests wait for: only the learning thread, this one, changes
         # the relevance model, so nothing moves meanwhile; requests only read it. The model
         # reads only ids, artists and genres: no full items needed.
-        vectors = relevance.item_vectors(self.catalog.feature_items(idx.tolist()))
+        vectors = np.concatenate(
+            [
+                relevance.item_vectors(self.catalog.feature_items(part.tolist()))
+                for part in _yielding(np.array_split(idx, -(-len(idx) // _REFRESH_PART)))
+            ]
+        )
         keep = np.abs(vectors[:, :-1]).sum(axis=1) > 0  # no learned signal yet: not indexed
         ids = idx[keep]
         vectors = vectors[keep]
