@@ -967,18 +967,24 @@ class Engine:
 
     # -- keeping the ANN index on the moving item vectors -----------------------------------
 
-    def _mark_dirty(self, keys: Iterable[str]) -> None:
-        dirty = self._dirty
+    def _mark_dirty(self, keys: Iterable[str], *, pause: bool = False) -> None:
+        """Queue the items whose vectors the touched ``keys`` moved.
+
+        ``pause``: offer the interpreter lock to requests between pieces of the work (see
+        :func:`_yielding`); one popular artist alone expands to tens of thousands of items.
+        """
+        rows: list[int] = []
         for key in keys:
             kind, _, value = key.partition(":")
             if kind == "i":
-                rows = [int(i) for i in self.catalog.indexes_of([value]) if i >= 0]
+                rows.extend(int(i) for i in self.catalog.indexes_of([value]) if i >= 0)
             elif kind == "a":
-                rows = self.catalog.indexes_by_artist(value)
-            else:
-                continue  # genre latents move thousands of items a little: the sweep bounds it
+                rows.extend(self.catalog.indexes_by_artist(value))
+            # a genre's latents move thousands of items a little: the sweep bounds those
+        step = _REFRESH_PART * 4 if pause else max(1, len(rows))
+        for start in _yielding(range(0, len(rows), step)) if pause else range(0, len(rows), step):
             # a row already waiting keeps its place in the queue
-            dirty.update(dict.fromkeys(rows))
+            self._dirty.update(dict.fromkeys(rows[start : start + step]))
 
     def refresh_index(self) -> int:
         """Re-index the items whose vectors moved, then the next slice of the sweep.
@@ -998,23 +1004,27 @@ class Engine:
         if self.content_index is not None:
             self.content_index.sync(self.catalog)
         with self.lock:
-            self._mark_dirty(sorted(self._relevance.pop_touched()))
-            n_items = len(self.catalog)
-            take = min(len(self._dirty), s.index_refresh_batch)
-            chosen = [self._dirty.popitem(last=False)[0] for _ in range(take)]
-            if s.index_sweep_batch and n_items:
-                start = self._sweep_at
-                stop = min(n_items, start + s.index_sweep_batch)
-                chosen.extend(range(start, stop))
-                self._sweep_at = 0 if stop >= n_items else stop
-                if self._sweep_at == 0:
-                    now = time.monotonic()
-                    self.last_sweep_s = now - self._sweep_started
-                    self._sweep_started = now
-            if not chosen:
-                return 0
+            touched = self._relevance.pop_touched()
             index = self._cf_index
             relevance = self._relevance
+        # the queue of moved items and the sweep belong to the learning thread alone, so they
+        # are kept outside the engine lock: expanding thousands of touched artists into their
+        # items took 60-200 ms per refresh at 1M items, and every request waited for it
+        self._mark_dirty(sorted(touched), pause=True)
+        n_items = len(self.catalog)
+        take = min(len(self._dirty), s.index_refresh_batch)
+        chosen = [self._dirty.popitem(last=False)[0] for _ in range(take)]
+        if s.index_sweep_batch and n_items:
+            start = self._sweep_at
+            stop = min(n_items, start + s.index_sweep_batch)
+            chosen.extend(range(start, stop))
+            self._sweep_at = 0 if stop >= n_items else stop
+            if self._sweep_at == 0:
+                now = time.monotonic()
+                self.last_sweep_s = now - self._sweep_started
+                self._sweep_started = now
+        if not chosen:
+            return 0
         idx = np.unique(np.asarray(chosen, dtype=np.int64))
         idx = idx[idx < len(self.catalog.view().ids)]
         if not len(idx):
@@ -1042,7 +1052,19 @@ class Engine:
         if not moved.any():
             return 0
         if isinstance(index, HNSWRetriever):
-            index.refresh(ids[moved], vectors[moved], tolerance=_RELINK_TOLERANCE)
+            index.refresh(
+                ids[moved],
+                vectors[moved],
+                tolerance=_RELINK_TOLERANCE,
+                budget_s=s.index_relink_budget_s,
+            )
+            # new items the budget left out wait for the next refresh, first in the queue
+            _, live = index.stored(ids[moved])
+            waiting = ids[moved][~live].tolist()
+            if waiting:
+                self._dirty.update(dict.fromkeys(waiting))
+                for row in reversed(waiting):
+                    self._dirty.move_to_end(row, last=False)
         else:
             index.upsert(ids[moved], vectors[moved])
         return int(moved.sum())
