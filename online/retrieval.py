@@ -505,13 +505,20 @@ class HNSWRetriever(_ExactVectors):
         with self._writer:
             self._upsert_locked(ids, vectors)
 
-    def _upsert_locked(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def _upsert_locked(
+        self, ids: np.ndarray, vectors: np.ndarray, budget_s: float | None = None
+    ) -> int:
+        """Write ``ids`` in slices; with ``budget_s``, stop once it is spent. Returns how
+        many were written (the first ones)."""
         if self._index is None or ids.size > max(self._n_live, self.write_batch):
             # bulk path: build a fresh graph beside the serving one, then swap it in
             self._rebuild(ids, vectors)
-            return
+            return int(ids.size)
+        deadline = None if budget_s is None else time.perf_counter() + budget_s
         start = 0
         while start < ids.size:
+            if deadline is not None and time.perf_counter() >= deadline:
+                return start
             size = min(self.write_batch, 32)  # until a slice has been timed
             if self._per_write_s > 0:
                 size = max(1, min(self.write_batch, int(self.write_slice_s / self._per_write_s)))
@@ -522,8 +529,15 @@ class HNSWRetriever(_ExactVectors):
             start = stop
             if start < ids.size:
                 self._lock.yield_to_readers()
+        return int(ids.size)
 
-    def refresh(self, ids: np.ndarray, vectors: np.ndarray, tolerance: float = 0.0) -> int:
+    def refresh(
+        self,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        tolerance: float = 0.0,
+        budget_s: float | None = None,
+    ) -> int:
         """Upsert vectors that moved, re-linking in the graph only those that moved far.
 
         The exact vectors (used to score every answer) take all of ``vectors``; the graph,
@@ -533,12 +547,21 @@ class HNSWRetriever(_ExactVectors):
         on every update, so a small tolerance (a few percent) keeps index refreshes cheap
         without a measurable loss of recall. ``tolerance=0`` is :meth:`upsert`. Returns how many
         ids were re-linked.
+
+        ``budget_s`` bounds the time spent re-linking: ids are re-linked farthest-moved first,
+        and those the budget leaves out get their exact vectors only, keeping their old links
+        until a later refresh (which still sees them as moved from the linked vector) reaches
+        them. New ids go first, and those the budget leaves out are not searchable yet (a
+        caller queues them again: they are the ids :meth:`stored` still reports as not
+        live). A learner linking every new and moved item as it came spent most of a core
+        on it at a million items, beside the requests it serves.
         """
         ids, vectors = _check_batch(ids, vectors, self.dim)
         if not ids.size:
             return 0
         with self._writer:
             index = self._index
+            shift = np.full(ids.size, np.inf)  # how far each moved from its linked vector
             if index is None or tolerance <= 0:
                 relink = np.ones(ids.size, dtype=bool)
             else:
@@ -551,15 +574,23 @@ class HNSWRetriever(_ExactVectors):
                     old = index.get_items(ids[linked], return_type="numpy").astype(np.float32)
                     moved = np.linalg.norm(vectors[linked] - old, axis=1)
                     scale = np.maximum(np.linalg.norm(old, axis=1), 1e-12)
-                    relink[linked] = moved > tolerance * scale
+                    shift[linked] = moved / scale
+                    relink[linked] = shift[linked] > tolerance
             near = ~relink
             if near.any():
                 with self._lock.write():
                     self._table.vectors[ids[near]] = vectors[near]
-            if relink.any():
+            order = np.flatnonzero(relink)
+            order = order[np.argsort(-shift[order], kind="stable")]  # new ids (inf) first
+            if order.size:
                 self._lock.yield_to_readers()
-                self._upsert_locked(ids[relink], vectors[relink])
-        return int(relink.sum())
+                done = self._upsert_locked(ids[order], vectors[order], budget_s)
+                if done < order.size:  # over budget: exact vectors now, links later
+                    rest = order[done:]
+                    with self._lock.write():
+                        self._table.vectors[ids[rest]] = vectors[rest]
+                return done
+        return 0
 
     def _upsert_slice(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         index = self._index

@@ -91,6 +91,14 @@ class EngineSettings(BaseSettings):
     index_refresh_batch: int = Field(5000, ge=1)
     """Most item vectors re-indexed per learner cycle from the items the last updates moved."""
 
+    index_relink_budget_s: float | None = Field(0.2, gt=0)
+    """Most seconds one index refresh spends writing the HNSW graph: linking new items and
+    re-linking moved ones (hnswlib's costliest write, about half a millisecond each at a
+    million items). New items go first, then the farthest-moved; moved items left out are
+    scored with their new vectors at once and re-linked later, new ones wait first in the
+    queue. Unset: write everything every refresh (a filling index then took most of a core
+    beside the requests)."""
+
     index_sweep_batch: int = Field(2000, ge=0)
     """Item vectors re-indexed per learner cycle by the round-robin sweep (bounds staleness
     from shared latents such as genres)."""
