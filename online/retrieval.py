@@ -585,8 +585,9 @@ class HNSWRetriever(_ExactVectors):
             if order.size:
                 self._lock.yield_to_readers()
                 done = self._upsert_locked(ids[order], vectors[order], budget_s)
-                if done < order.size:  # over budget: exact vectors now, links later
-                    rest = order[done:]
+                rest = order[done:]
+                rest = rest[np.isfinite(shift[rest])]  # linked ids; new ones simply wait
+                if rest.size:  # over budget: exact vectors now, links later
                     with self._lock.write():
                         self._table.vectors[ids[rest]] = vectors[rest]
                 return done

@@ -395,9 +395,10 @@ def test_a_refresh_over_its_time_budget_links_new_ids_first_and_keeps_scores_exa
     data, monkeypatch
 ):
     """With ``budget_s``, a refresh stops linking once the time is spent: new ids first,
-    then the farthest-moved; a moved id left out is still scored with its new vector, and
-    refreshes with the same vectors finish the work, after which the graph answers as one
-    written without a budget."""
+    then the farthest-moved; a moved id left out is still scored with its new vector, new
+    ids left out are not searchable yet (even ids past the table's end), and refreshes with
+    the same vectors finish the work, after which the graph answers as one written without
+    a budget."""
     vectors, queries = data
     hnsw = HNSWRetriever(DIM, ef=EF, seed=0, num_threads=1, write_batch=20, write_slice_s=1e6)
     hnsw.upsert(np.arange(3_000), vectors[:3_000])
@@ -413,29 +414,28 @@ def test_a_refresh_over_its_time_budget_links_new_ids_first_and_keeps_scores_exa
     rng = np.random.default_rng(5)
     moved = np.arange(0, 400, 2)
     new_vectors = vectors[moved] + rng.normal(0, 1.0, size=(moved.size, DIM)).astype(np.float32)
-    new = np.arange(3_000, 3_030)
+    # new ids, the last ones far past the end of the vector table as the first are written
+    new = np.concatenate([np.arange(50_000, 50_060), np.arange(500_000, 500_040)])
     ids = np.concatenate([moved, new])
-    vecs = np.concatenate([new_vectors, vectors[3_000:3_030]])
+    vecs = np.concatenate([new_vectors, vectors[3_000:3_100]])
     hnsw._per_write_s = 1e-9  # slices of write_batch
     done = hnsw.refresh(ids, vecs, tolerance=0.05, budget_s=2.5)
     assert done == 60  # three slices of 20 before the budget ran out
     stored, live = hnsw.stored(ids)
-    assert live[-30:].all()  # the new ids went first
+    assert live[moved.size :].sum() == 60 and not live[moved.size + 60 :].any()  # new first
     assert np.array_equal(stored[: moved.size], new_vectors)  # left-out moves: exact vectors
-    q = new_vectors[-1]  # an id the budget left unlinked is still scored exactly if found
-    got, scores = hnsw.query(q, k=5)
-    assert np.allclose(scores, vectors_for(hnsw, got) @ q, atol=1e-4)
-    for _ in range(20):
+    got, scores = hnsw.query(new_vectors[-1], k=5)
+    assert np.allclose(scores, hnsw.stored(got)[0] @ new_vectors[-1], atol=1e-4)
+    for _ in range(30):
         if hnsw.refresh(ids, vecs, tolerance=0.05, budget_s=2.5) == 0:
             break
-    unbudgeted = HNSWRetriever(DIM, ef=EF, seed=0, num_threads=1)
-    unbudgeted.upsert(np.arange(3_030), np.concatenate([vectors[:3_000], vectors[3_000:3_030]]))
-    unbudgeted.upsert(moved, new_vectors)
-    oracle = BruteForceRetriever(DIM)
-    oracle.upsert(np.arange(3_030), np.concatenate([vectors[:3_000], vectors[3_000:3_030]]))
-    oracle.upsert(moved, new_vectors)
+    assert hnsw.stored(ids)[1].all()
+    everything = (
+        np.concatenate([np.arange(3_000), new]),
+        np.concatenate([vectors[:3_000], vecs[moved.size :]]),
+    )
+    unbudgeted, oracle = HNSWRetriever(DIM, ef=EF, seed=0, num_threads=1), BruteForceRetriever(DIM)
+    for r in (unbudgeted, oracle):
+        r.upsert(*everything)
+        r.upsert(moved, new_vectors)
     assert recall(hnsw, oracle, queries, k=20) >= recall(unbudgeted, oracle, queries, k=20) - 0.02
-
-
-def vectors_for(r: HNSWRetriever, ids: np.ndarray) -> np.ndarray:
-    return r.stored(ids)[0]
