@@ -30,6 +30,11 @@ afterwards). The warm-up then waits until every worker serves a snapshot that in
 warm-up events; CPU and memory are summed over the service's processes; stage times come
 from the one worker the metrics connection reaches (a sample of the lists).
 
+``--feedback-share F`` makes the client post the impressions and outcomes of a share F of the
+lists it is served during each timed window (the learner then works while lists are
+measured, and each run reports the events learned and the snapshot cuts made meanwhile);
+``--reuse DIR`` keeps the written catalog and the saved content index between runs.
+
     python benchmarks/bench_recommend.py --items 1000000 --rate 200 --seconds 20 --runs 3
 """
 
