@@ -242,25 +242,11 @@ def warm(port: int, n_lists: int, n_users: int, n_items: int, seed: int) -> dict
         )
         if status != 200:
             continue
-        rec = orjson.loads(body)
-        now_ms = int(time.time() * 1000)
-        for pos, item in enumerate(rec["items"]):
-            batch.append(
-                {"event_id": f"{tag}i{n}-{pos}", "type": "impression", "user_id": user,
-                 "item_id": item["item_id"], "timestamp": now_ms, "context": ctx,
-                 "request_id": rec["request_id"], "position": pos}
-            )  # fmt: skip
-            counts["impression"] += 1
-            u = rng.random()
-            if pos < 10 and u < 0.6:
-                played = 150_000 if u < 0.3 else 4_000
-                batch.append(
-                    {"event_id": f"{tag}o{n}-{pos}", "type": "play" if u < 0.3 else "skip",
-                     "user_id": user, "item_id": item["item_id"], "timestamp": now_ms + 1,
-                     "context": ctx, "request_id": rec["request_id"], "played_ms": played,
-                     "duration_ms": 210_000}
-                )  # fmt: skip
-                counts["play" if u < 0.3 else "skip"] += 1
+        shown = feedback_events(user, ctx, orjson.loads(body), rng, tag)
+        for event in shown:
+            counts[event["type"]] += 1
+        batch.extend(shown)
+        now_ms = shown[0]["timestamp"] if shown else int(time.time() * 1000)
         batch.append(
             {"event_id": f"{tag}g{n}", "type": "play", "user_id": user,
              "item_id": f"t{int(rng.integers(n_items)):08d}", "timestamp": now_ms + 2,
@@ -304,11 +290,12 @@ def wait_caught_up(port: int, timeout_s: float = 900) -> float:
 # -- the open-loop client ----------------------------------------------------------------------
 
 
-def feedback_events(request: bytes, answer: dict, rng: np.random.Generator, tag: str) -> list:
+def feedback_events(
+    user: str, ctx: dict, answer: dict, rng: np.random.Generator, tag: str
+) -> list[dict]:
     """What a client reports for a list it showed: every impression, and for the first ten
-    slots a play (30%) or a skip (30%), as in the warm-up."""
-    req = orjson.loads(request)
-    user, ctx, rid = req["user_id"], req.get("context", {}), answer["request_id"]
+    slots a play (30%) or a skip (30%); the warm-up and ``--feedback-share`` both use it."""
+    rid = answer["request_id"]
     now_ms = int(time.time() * 1000)
     out: list[dict] = []
     for pos, item in enumerate(answer["items"]):
@@ -391,7 +378,11 @@ def client(
                 if feedback_share > 0 and answer["fallback"] is None:
                     with lock:
                         if rng.random() < feedback_share:
-                            pending.extend(feedback_events(body, answer, rng, tag))
+                            req = orjson.loads(body)
+                            shown = feedback_events(
+                                req["user_id"], req.get("context", {}), answer, rng, tag
+                            )
+                            pending.extend(shown)
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(48)]
     report = threading.Thread(target=reporter, daemon=True)

@@ -981,8 +981,9 @@ class Engine:
             elif kind == "a":
                 rows.extend(self.catalog.indexes_by_artist(value))
             # a genre's latents move thousands of items a little: the sweep bounds those
-        step = _REFRESH_PART * 4 if pause else max(1, len(rows))
-        for start in _yielding(range(0, len(rows), step)) if pause else range(0, len(rows), step):
+        step = _REFRESH_PART * 4
+        starts = range(0, len(rows), step)
+        for start in _yielding(starts) if pause else starts:
             # a row already waiting keeps its place in the queue
             self._dirty.update(dict.fromkeys(rows[start : start + step]))
 

@@ -586,7 +586,7 @@ class HNSWRetriever(_ExactVectors):
                 self._lock.yield_to_readers()
                 done = self._upsert_locked(ids[order], vectors[order], budget_s)
                 rest = order[done:]
-                rest = rest[np.isfinite(shift[rest])]  # linked ids; new ones simply wait
+                rest = rest[self._table.lookup(ids[rest])[1]]  # searchable; new ones wait
                 if rest.size:  # over budget: exact vectors now, links later
                     with self._lock.write():
                         self._table.vectors[ids[rest]] = vectors[rest]
