@@ -4,9 +4,15 @@ Written here rather than taken from a library: the well-kept Python breakers (py
 circuitbreaker) count only exceptions, while a stage here also "fails" by being slow, and
 tests need an injected clock.
 
+It judges a failure *rate* over the stage's last calls (a count-based sliding window, as
+Resilience4j does), not a streak. Requests run side by side, so one stall of the process (a
+garbage collection, the learner holding the interpreter) makes every request in flight slow
+at once: a streak of five opened the breaker on such a blip, and the listener then got the
+popular-now list for ten seconds. A broken or overloaded stage fails most calls and still trips.
+
 >>> t = [0.0]
->>> b = CircuitBreaker("rerank", failure_threshold=2, open_s=5.0, clock=lambda: t[0])
->>> b.record_failure(); b.record_failure(); b.state
+>>> b = CircuitBreaker("rerank", window=4, min_calls=2, open_s=5.0, clock=lambda: t[0])
+>>> b.record_success(); b.record_failure(); b.state  # 1 of 2 failed: the rate is 0.5
 'open'
 >>> b.allow()
 False
@@ -18,38 +24,54 @@ False
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 
 class CircuitBreaker:
-    """Trips after ``failure_threshold`` consecutive failures; stays open ``open_s`` seconds;
-    then lets ``half_open_probes`` requests through, and closes after that many successes."""
+    """Trips when at least ``failure_rate`` of the last ``window`` calls failed, once it has
+    seen ``min_calls``; stays open ``open_s`` seconds; then lets ``half_open_probes`` requests
+    through, and closes when fewer than ``failure_rate`` of them fail (opens again as soon as
+    that can no longer happen)."""
 
     def __init__(
         self,
         name: str,
         *,
-        failure_threshold: int = 5,
+        window: int = 50,
+        min_calls: int = 20,
+        failure_rate: float = 0.5,
         open_s: float = 10.0,
         half_open_probes: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if failure_threshold < 1 or half_open_probes < 1 or open_s <= 0:
-            raise ValueError("failure_threshold and half_open_probes must be >= 1, open_s > 0")
+        if window < 1 or half_open_probes < 1 or open_s <= 0:
+            raise ValueError("window and half_open_probes must be >= 1, open_s > 0")
+        if not 1 <= min_calls <= window:
+            raise ValueError(f"min_calls must be in [1, window={window}], got {min_calls}")
+        if not 0 < failure_rate <= 1:
+            raise ValueError(f"failure_rate must be in (0, 1], got {failure_rate}")
         self.name = name
-        self.failure_threshold = failure_threshold
+        self.window = window
+        self.min_calls = min_calls
+        self.failure_rate = failure_rate
         self.open_s = open_s
         self.half_open_probes = half_open_probes
+        # probe failures that reopen it: the smallest count whose rate reaches failure_rate
+        self._probe_failures_to_open = max(1, math.ceil(failure_rate * half_open_probes - 1e-9))
         self._clock = clock
         self._lock = threading.Lock()
         self._state = CLOSED
-        self._failures = 0
+        self._calls: deque[bool] = deque(maxlen=window)  # True: a failure
+        self._failures = 0  # failures among _calls
         self._opened_at = 0.0
         self._probes_out = 0
+        self._probe_failures = 0
         self._probe_successes = 0
         self.trips = 0
 
@@ -59,10 +81,17 @@ class CircuitBreaker:
             self._maybe_half_open()
             return self._state
 
+    @property
+    def recent_failure_rate(self) -> float:
+        """Failures among the calls in the window (0 when it holds none)."""
+        with self._lock:
+            return self._failures / len(self._calls) if self._calls else 0.0
+
     def _maybe_half_open(self) -> None:
         if self._state == OPEN and self._clock() - self._opened_at >= self.open_s:
             self._state = HALF_OPEN
             self._probes_out = 0
+            self._probe_failures = 0
             self._probe_successes = 0
 
     def allow(self) -> bool:
@@ -77,26 +106,41 @@ class CircuitBreaker:
             return False
 
     def record_success(self) -> None:
-        with self._lock:
-            if self._state == HALF_OPEN:
-                self._probe_successes += 1
-                if self._probe_successes >= self.half_open_probes:
-                    self._state = CLOSED
-                    self._failures = 0
-            else:
-                self._failures = 0
+        self._record(False)
 
     def record_failure(self) -> None:
+        self._record(True)
+
+    def _record(self, failed: bool) -> None:
         with self._lock:
             if self._state == HALF_OPEN:
-                self._trip()
+                if failed:
+                    self._probe_failures += 1
+                    if self._probe_failures >= self._probe_failures_to_open:
+                        self._trip()
+                else:
+                    self._probe_successes += 1
+                    needed = self.half_open_probes - self._probe_failures_to_open + 1
+                    if self._probe_successes >= needed:
+                        self._state = CLOSED
+                        self._calls.clear()
+                        self._failures = 0
                 return
-            self._failures += 1
-            if self._state == CLOSED and self._failures >= self.failure_threshold:
+            if self._state == OPEN:
+                return  # a call let in before the breaker opened, finishing late
+            if len(self._calls) == self.window and self._calls[0]:
+                self._failures -= 1
+            self._calls.append(failed)
+            self._failures += failed
+            if (
+                len(self._calls) >= self.min_calls
+                and self._failures >= self.failure_rate * len(self._calls) - 1e-9
+            ):
                 self._trip()
 
     def _trip(self) -> None:
         self._state = OPEN
         self._opened_at = self._clock()
+        self._calls.clear()
         self._failures = 0
         self.trips += 1

@@ -70,8 +70,11 @@ class Recommender:
         self.breakers = {
             stage: CircuitBreaker(
                 stage,
-                failure_threshold=settings.breaker_failures,
+                window=settings.breaker_window,
+                min_calls=settings.breaker_min_calls,
+                failure_rate=settings.breaker_failure_rate,
                 open_s=settings.breaker_open_s,
+                half_open_probes=settings.breaker_probes,
                 clock=clock_monotonic,
             )
             for stage in STAGES

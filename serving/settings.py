@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from feedback.settings import FeedbackSettings
@@ -42,8 +42,26 @@ class ServingSettings(BaseSettings):
     rerank_timeout_ms: float = Field(80.0, gt=0)
     """A rerank stage slower than this counts as a failure for its circuit breaker."""
 
-    breaker_failures: int = Field(5, ge=1)
-    """Consecutive failures (errors or timeouts) of a stage that open its breaker."""
+    breaker_window: int = Field(50, ge=1)
+    """How many of a stage's last calls its breaker judges."""
+
+    breaker_min_calls: int = Field(20, ge=1)
+    """Calls the window must hold before the breaker may open (no verdict on a handful)."""
+
+    @field_validator("breaker_min_calls")
+    @classmethod
+    def _within_window(cls, value: int, info: ValidationInfo) -> int:
+        window = info.data.get("breaker_window")
+        if window is not None and value > window:
+            raise ValueError(f"must be at most SEGUE_SERVING_BREAKER_WINDOW ({window})")
+        return value
+
+    breaker_failure_rate: float = Field(0.5, gt=0, le=1)
+    """Share of failed calls (errors or timeouts) in the window that opens the breaker."""
+
+    breaker_probes: int = Field(3, ge=1)
+    """Requests a half-open breaker lets through; it closes when fewer than
+    ``breaker_failure_rate`` of them fail."""
 
     breaker_open_s: float = Field(10.0, gt=0)
     """How long an open breaker sends every request to the fallback before probing."""

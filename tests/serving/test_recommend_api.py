@@ -138,7 +138,10 @@ def test_a_failing_stage_is_a_fallback_and_then_the_breaker_opens_and_recovers(
     make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
 ):
     client = make_client(
-        embedding_dim=8, serving=ServingSettings(breaker_failures=2, breaker_open_s=0.5)
+        embedding_dim=8,
+        serving=ServingSettings(
+            breaker_window=2, breaker_min_calls=2, breaker_open_s=0.5, breaker_probes=1
+        ),
     )
     client.post("/v1/items", json={"items": items(100)})
     engine = engine_of(client)
@@ -171,7 +174,7 @@ def test_a_slow_stage_answers_within_budget_with_a_fallback(
     make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
 ):
     client = make_client(
-        embedding_dim=8, serving=ServingSettings(budget_ms=100, breaker_failures=50)
+        embedding_dim=8, serving=ServingSettings(budget_ms=100, breaker_min_calls=50)
     )
     client.post("/v1/items", json={"items": items(100)})
     engine = engine_of(client)
