@@ -76,6 +76,7 @@ from __future__ import annotations
 import bisect
 import csv
 import functools
+import itertools
 import json
 import math
 import threading
@@ -210,6 +211,8 @@ class CatalogView:
 # a row's metadata kept in memory: title, artist, genres, duration_ms, attributes (a mapping,
 # or the stored JSON text, parsed only when the item is asked for: loading stays fast)
 _Record = tuple[str, str, tuple[str, ...], int | None, Mapping[str, Any] | str | None]
+# row revisions (see Catalog.revisions_at): unique across catalogs and reloads in a process
+_REVISIONS = itertools.count(1)
 _EMPTY: Mapping[str, Any] = {}
 
 
@@ -277,6 +280,8 @@ class Catalog:
         # each row's updated_at as last read or written (never published): a row read again
         # with the same stamp is the same row, so sync need not compare it field by field
         self._stamp_buf = np.zeros(0, dtype=np.float64)
+        self._epoch = next(_REVISIONS)  # the revision of every row as loaded
+        self._rev_buf = np.zeros(0, dtype=np.int64)
         # sync's watermark: the latest updated_at memory has seen (-inf: none), and this
         # process's clock when the last complete read began (see _since)
         self._synced_until = -math.inf
@@ -425,6 +430,22 @@ class Catalog:
             Item(ids[i], title=records[i][0], artist=records[i][1], genres=records[i][2])
             for i in indexes
         ]
+
+    def revisions_at(self, indexes: np.ndarray) -> np.ndarray:
+        """The revision of each row at dense ``indexes`` (int64): it changes whenever the
+        row's metadata does, and never repeats in this process (not across catalogs or
+        reloads either), so a cache keyed by row and revision needs no invalidation.
+
+        Read without the lock: a row's record is replaced before its revision, so a reader
+        that sees the new revision reads the new record; one that sees the old revision
+        and the new record caches what the next read finds stale.
+        """
+        return self._rev_buf[np.asarray(indexes, dtype=np.int64)]
+
+    def artists_at(self, indexes: Iterable[int]) -> list[str]:
+        """The artist of each row at dense ``indexes`` (``""`` when unknown)."""
+        records = self._records
+        return [records[i][1] for i in indexes]
 
     def indexes_of(self, item_ids: Iterable[str]) -> np.ndarray:
         """Dense indexes of ``item_ids`` (int64), ``-1`` for ids the catalog has never seen."""
@@ -604,6 +625,7 @@ class Catalog:
         self._has_emb_buf = grown(self._has_emb_buf, False)
         self._emb_buf = grown(self._emb_buf, 0.0)
         self._stamp_buf = grown(self._stamp_buf, -math.inf)
+        self._rev_buf = grown(self._rev_buf, self._epoch)
 
     def _apply(self, new: list[Item], changed: list[Item], now: float) -> None:
         """Put items written with ``updated_at=now`` into memory (under the lock) and publish
@@ -633,6 +655,7 @@ class Catalog:
             self._forget(i)
             self._unlink(i)
             self._records[i] = self._record(item)
+            self._rev_buf[i] = next(_REVISIONS)  # after the record: see revisions_at
             self._stamp_buf[i] = now
             self._set_arrays(i, item)
             self._link(i, item.artist, item.genres)
@@ -893,6 +916,7 @@ class Catalog:
             self._forget(i)
             self._unlink(i)
             self._records[i] = (title, artist, genres, duration, attrs)
+            self._rev_buf[i] = next(_REVISIONS)  # after the record: see revisions_at
             self._link(i, artist, genres)
             self._avail_buf[i] = bool(available)
             self._release_buf[i] = np.nan if release is None else release

@@ -107,22 +107,37 @@ class ChannelOffers:
 
 @dataclass(slots=True)
 class CandidatePool:
-    """Stage 1's output: candidate items and the channels that proposed each.
+    """Stage 1's output: the candidates, as catalog rows, and the channels that proposed each.
 
-    :attr:`channels` (every offered id, including one dropped as not released yet, with the
-    channels that offered it) is built from ``offers`` on first use: serving a list never
-    reads it, and a set per candidate would cost a few percent of a list's CPU, most of it
-    in the garbage collector.
+    The ranking stages read the catalog's columns at ``rows``; :attr:`items` (the
+    candidates as :class:`Item` objects) is built on first use, as is :attr:`channels`
+    (every offered id, including one dropped as not released yet, with the channels that
+    offered it) from ``offers``. Serving a list reads neither: an object per candidate cost
+    about a sixth of a list's CPU at a million items.
     """
 
     user_id: str
     context: Context
     now: float
-    items: list[Item]
+    catalog: Catalog = field(repr=False)
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """Dense catalog indexes of the candidates, in first-offer order."""
+    ids: list[str] = field(default_factory=list)
+    """Their item ids (``ids[n]`` is the item at ``rows[n]``)."""
     offers: ChannelOffers = field(default_factory=ChannelOffers)
     exclude: frozenset[str] = frozenset()
     history: int | None = None  # the listener's session length when the pool was made
     _channels: dict[str, set[str]] | None = field(default=None, init=False, repr=False)
+    _items: list[Item] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def items(self) -> list[Item]:
+        """The candidates as items (without embeddings or attributes), as the catalog has
+        them now."""
+        if self._items is None:
+            got = self.catalog.get_many(self.ids, content=False)
+            self._items = [i for i in got if i is not None]
+        return self._items
 
     @property
     def channels(self) -> dict[str, set[str]]:
@@ -141,13 +156,23 @@ class CandidatePool:
 
 @dataclass(slots=True)
 class ScoredPool:
-    """Stage 2's output: the best candidates with their relevance, best first."""
+    """Stage 2's output: the best candidates with their relevance, best first (as catalog
+    ``rows`` and ``ids``; :attr:`items` is built on first use)."""
 
     pool: CandidatePool
-    items: list[Item]
+    rows: np.ndarray
+    ids: list[str]
     relevance: np.ndarray
     vectors: np.ndarray | None = None
-    """The relevance model's item vectors of ``items`` as scored (None: not kept)."""
+    """The relevance model's item vectors of the candidates as scored (None: not kept)."""
+    _items: list[Item] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def items(self) -> list[Item]:
+        if self._items is None:
+            got = self.pool.catalog.get_many(self.ids, content=False)
+            self._items = [i for i in got if i is not None]
+        return self._items
 
 
 @dataclass(slots=True)
@@ -605,16 +630,16 @@ class Engine:
         if fresh is not None:
             offers.append(("fresh", fresh))
         rows, offered = _merge_offers(view, offers, self.catalog.indexes_of(banned))
-        # an item not released yet is never served (catalogs announce releases ahead); the
-        # filter runs on the arrays, so only the items kept are built
-        keep = (~(view.release_times[rows] > t)).tolist()  # NaN (unknown release) is kept
-        wanted = [name for name, good in zip(offered.names, keep, strict=True) if good]
-        items = [i for i in self.catalog.get_many(wanted, content=False) if i is not None]
+        # an item not released yet is never served (catalogs announce releases ahead)
+        keep = ~(view.release_times[rows] > t)  # NaN (unknown release) is kept
+        rows = rows[keep]
         return CandidatePool(
             user_id=user_id,
             context=context,
             now=t,
-            items=items,
+            catalog=self.catalog,
+            rows=rows,
+            ids=view.ids[rows].tolist(),
             offers=offered,
             exclude=frozenset(banned),
             history=len(recent),
@@ -696,23 +721,26 @@ class Engine:
         left lists of about ten items where thirty were asked for. The next best candidates of
         artists still below the cap are added until ``k`` can be placed.
         """
+        if not pool.ids:
+            return ScoredPool(pool, pool.rows, [], np.zeros(0))
+        catalog = pool.catalog
+        revisions = catalog.revisions_at(pool.rows)
         with self.lock:
-            if not pool.items:
-                return ScoredPool(pool, [], np.zeros(0))
-            scores, vectors = self._relevance.predict_many_with_vectors(
-                pool.user_id, pool.items, pool.context
+            # by catalog row and revision: items are built only for features not cached
+            scores, vectors = self._relevance.predict_at_with_vectors(
+                pool.user_id, pool.context, pool.rows, revisions, catalog.feature_items
             )
         order = np.argsort(-scores, kind="stable")
         n = min(self.settings.rerank_pool, len(scores))
         top = order[:n]
         if k is not None and n < len(scores):
-            items, cap = pool.items, self.settings.max_per_artist
-            per_artist = Counter(items[i].artist for i in top.tolist())
+            cap = self.settings.max_per_artist
+            artists = catalog.artists_at(pool.rows[order].tolist())
+            per_artist = Counter(artists[:n])
             placeable = sum(min(c, cap) for c in per_artist.values())
             if placeable < k:
                 extra = []
-                for i in order[n:].tolist():
-                    artist = items[i].artist
+                for i, artist in zip(order[n:].tolist(), artists[n:], strict=True):
                     if per_artist[artist] < cap:
                         per_artist[artist] += 1
                         extra.append(i)
@@ -720,7 +748,10 @@ class Engine:
                         if placeable >= k:
                             break
                 top = np.concatenate([top, np.asarray(extra, dtype=top.dtype)])
-        return ScoredPool(pool, [pool.items[i] for i in top], scores[top], vectors[top])
+        ids = pool.ids
+        return ScoredPool(
+            pool, pool.rows[top], [ids[i] for i in top.tolist()], scores[top], vectors[top]
+        )
 
     # -- stage 3: rerank --------------------------------------------------------------------
 
@@ -784,19 +815,18 @@ class Engine:
     def _bandit_candidates(self, scored: ScoredPool) -> CandidateColumns:
         """The bandit's view of the scored pool, as columns (no object per candidate)."""
         pool = scored.pool
-        items = scored.items
-        ids = [i.item_id for i in items]
-        artists = [i.artist for i in items]
-        if not items:
+        ids = scored.ids
+        artists = pool.catalog.artists_at(scored.rows.tolist())
+        if not ids:
             empty = np.zeros(0)
             return CandidateColumns(ids, artists, None, empty, empty, empty, empty, empty, empty)
         now = pool.now
         vectors = scored.vectors
         if vectors is None:
-            vectors = self._relevance.item_vectors(items)
-        ages = [
-            (now - i.release_time) / _DAY if i.release_time is not None else 365.0 for i in items
-        ]
+            vectors = self._relevance.item_vectors(scored.items)
+        released = pool.catalog.view().release_times[scored.rows]
+        with np.errstate(invalid="ignore"):
+            ages = np.where(np.isnan(released), 365.0, (now - released) / _DAY)
         return CandidateColumns(
             item_ids=ids,
             artists=artists,
@@ -805,7 +835,7 @@ class Engine:
             relevance=scored.relevance,
             popularity=self._popularity.scores(ids, now),
             trend=self._popularity.trends(ids, now),
-            age_days=np.array(ages, dtype=float),  # the bandit counts a negative age as 0
+            age_days=ages,  # the bandit counts a negative age as 0
             exposure_item=self._exposure.items(pool.user_id, ids, now),
             exposure_artist=self._exposure.artists(pool.user_id, artists, now),
         )
@@ -813,15 +843,16 @@ class Engine:
     def _greedy(self, scored: ScoredPool, k: int) -> list[SlateEntry]:
         per_artist: dict[str, int] = {}
         slate: list[SlateEntry] = []
-        for item, rel in zip(scored.items, scored.relevance, strict=True):
+        artists = scored.pool.catalog.artists_at(scored.rows.tolist())
+        for item_id, artist, rel in zip(scored.ids, artists, scored.relevance, strict=True):
             if len(slate) == k:
                 break
-            if item.item_id in scored.pool.exclude:
+            if item_id in scored.pool.exclude:
                 continue
-            if per_artist.get(item.artist, 0) >= self.settings.max_per_artist:
+            if per_artist.get(artist, 0) >= self.settings.max_per_artist:
                 continue
-            per_artist[item.artist] = per_artist.get(item.artist, 0) + 1
-            slate.append(SlateEntry(item.item_id, len(slate), float(rel), 1.0, False, {}))
+            per_artist[artist] = per_artist.get(artist, 0) + 1
+            slate.append(SlateEntry(item_id, len(slate), float(rel), 1.0, False, {}))
         return slate
 
     # -- the whole request ------------------------------------------------------------------

@@ -83,6 +83,26 @@ def test_update_moves_artist_and_keeps_index(catalog):
     assert catalog.items_by_genre("g1") == [] and catalog.items_by_genre("g2") == ["a"]
 
 
+def test_a_row_revision_changes_with_its_metadata_and_never_repeats(catalog, tmp_path):
+    catalog.upsert([Item("a", artist="x"), Item("b", artist="y"), Item("c", artist="y")])
+    rows = np.arange(3)
+    first = catalog.revisions_at(rows)
+    assert catalog.artists_at([2, 0]) == ["y", "x"]
+    catalog.upsert([Item("b", artist="z")])
+    second = catalog.revisions_at(rows)
+    assert second[1] != first[1] and second[0] == first[0] and second[2] == first[2]
+    assert catalog.artists_at([1]) == ["z"]
+    catalog.upsert([Item("b", artist="z")])  # the same again: no change, same revision
+    np.testing.assert_array_equal(catalog.revisions_at(rows), second)
+    # another catalog (or this one loaded again) puts other items at the same rows: no
+    # revision it gives equals one given before
+    with Catalog(f"sqlite:///{tmp_path / 'other.db'}", embedding_dim=3) as other:
+        other.upsert([Item("q"), Item("r"), Item("s")])
+        assert not set(other.revisions_at(rows).tolist()) & set(first.tolist() + second.tolist())
+    catalog.load()
+    assert not set(catalog.revisions_at(rows).tolist()) & set(first.tolist() + second.tolist())
+
+
 def test_remove_keeps_the_id_and_published_arrays_never_change(catalog):
     catalog.upsert([Item("a"), Item("b")])
     before = catalog.view()

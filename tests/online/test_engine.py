@@ -14,6 +14,7 @@ import pytest
 from feedback.events import Event
 from online.catalog import Catalog
 from online.engine import Engine, _merge_offers
+from online.items import Item
 from online.retrieval import HNSWRetriever
 from tests.online.conftest import T0, World, make_engine, run_world
 
@@ -60,6 +61,39 @@ def test_a_pool_led_by_few_artists_still_fills_the_list(small_catalog: Catalog, 
         rec = engine.recommend(user, 10, {"device": "ios"}, now=world.t)
         artists = [small_catalog.get(i).artist for i in rec.item_ids]  # type: ignore[union-attr]
         assert len(artists) == 10 and len(set(artists)) == 10
+
+
+def test_scores_are_the_relevance_models_and_follow_a_catalog_change(
+    small_catalog: Catalog, world: World
+):
+    engine = make_engine(small_catalog)
+    list(run_world(engine, world, steps=80))
+    ctx = {"device": "ios"}
+    pool = engine.candidates("u1", ctx, now=world.t)
+    assert [i.item_id for i in pool.items] == pool.ids
+
+    def oracle() -> tuple[list[str], np.ndarray]:
+        """The relevance model scoring the candidates as the catalog has them now."""
+        items = [i for i in small_catalog.get_many(pool.ids) if i is not None]
+        want = engine.relevance.predict_many("u1", items, ctx)
+        order = np.argsort(-want, kind="stable")[: engine.settings.rerank_pool]
+        return [pool.ids[i] for i in order], want[order]
+
+    scored = engine.score(pool)
+    ids, relevance = oracle()
+    assert scored.ids == ids
+    np.testing.assert_array_equal(scored.relevance, relevance)
+    # the best candidate moves to another artist: scoring the same pool again gives the
+    # model's score of the item as it is now, not as its features were first cached
+    best = small_catalog.get(scored.ids[0])
+    assert best is not None
+    artist = next(i.artist for i in pool.items if i.artist != best.artist)
+    small_catalog.upsert([Item(best.item_id, artist=artist, genres=best.genres)])
+    again = engine.score(pool)
+    ids, relevance = oracle()
+    assert again.ids == ids
+    np.testing.assert_array_equal(again.relevance, relevance)
+    assert not np.array_equal(again.relevance, scored.relevance)
 
 
 def test_an_item_made_unavailable_stops_appearing_at_once(small_catalog: Catalog, world: World):

@@ -152,6 +152,52 @@ def test_catalog_changes_are_picked_up():
     assert p_a > p_b
 
 
+def test_scoring_by_key_equals_scoring_items_also_through_collisions_and_changes(trained):
+    model, items = trained
+    model = copy.deepcopy(model)
+    size = 8  # a cache of 8 slots for 60 keys: most keys share a slot with others
+    model._at_key = np.full(size, -1, dtype=np.int64)
+    model._at_rev = np.zeros(size, dtype=np.int64)
+    model._at_stamp = np.zeros(size, dtype=np.int64)
+    model._at_rows = np.zeros((size, 2 + model.max_genres), dtype=np.intp)
+    table = list(items)
+    revisions = np.ones(len(table), dtype=np.int64)
+    built: list[int] = []
+
+    def build(keys: list[int]) -> list[Item]:
+        built.extend(keys)
+        return [table[k] for k in keys]
+
+    rng = np.random.default_rng(3)
+    for step in range(30):
+        keys = rng.choice(len(table), size=20, replace=False)
+        got, vectors = model.predict_at_with_vectors("u3", CTX, keys, revisions[keys], build)
+        want, want_vectors = model.predict_many_with_vectors("u3", [table[k] for k in keys], CTX)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(vectors, want_vectors)
+        if step == 10:
+            # an item's artist changes in the catalog, and so does its revision
+            table[int(keys[0])] = Item(table[int(keys[0])].item_id, artist="ar1", genres=("g0",))
+            revisions[int(keys[0])] = 2
+    # the same keys again: answered from the cache, nothing built
+    keys = np.arange(4)
+    model.predict_at_with_vectors("u3", CTX, keys, revisions[keys], build)
+    built.clear()
+    model.predict_at_with_vectors("u3", CTX, keys, revisions[keys], build)
+    assert built == []
+
+
+def test_scoring_by_key_sees_a_feature_learned_after_it_was_cached():
+    model = RelevanceModel(n_factors=4, seed=0)
+    cold = Item("t9", artist="Newcomer")
+    keys, revisions = np.array([5]), np.array([1])
+    before = model.predict_at_with_vectors("tom", {}, keys, revisions, lambda k: [cold])[1]
+    model.learn_one("tom", Item("t1", artist="Newcomer"), 1.0, {})
+    after = model.predict_at_with_vectors("tom", {}, keys, revisions, lambda k: [cold])[1]
+    assert not np.array_equal(after, before)
+    np.testing.assert_array_equal(after, model.item_vectors([cold]))
+
+
 @pytest.mark.parametrize(
     ("reward", "w", "match"),
     [(1.5, 1.0, "reward"), (-0.1, 1.0, "reward"), (1.0, -1.0, "w must"), (1.0, np.nan, "w must")],
