@@ -54,6 +54,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.queue_wait = Histogram(
+            "segue_queue_wait_seconds",
+            "How long a list waited for a worker thread (past SEGUE_SERVING_MAX_QUEUE_MS: shed)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.recommendations = Counter(
             "segue_recommendations",
             "Lists served, by fallback reason ('none' when the models answered)",

@@ -33,6 +33,12 @@ class ServingSettings(BaseSettings):
     budget_ms: float = Field(150.0, gt=0)
     """Total time a list may take; past it the answer is the popular-now fallback."""
 
+    max_queue_ms: float = Field(50.0, gt=0)
+    """A list that found every worker thread busy and waited longer than this for one is
+    answered with the popular-now fallback (``fallback: "overloaded"``) instead of being
+    computed: under overload, the lists computed then start fresh and finish within the
+    budget, instead of every list waiting out the budget in the queue."""
+
     candidates_timeout_ms: float = Field(50.0, gt=0)
     """A candidates stage slower than this counts as a failure for its circuit breaker."""
 

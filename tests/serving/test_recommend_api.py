@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -184,14 +185,59 @@ def test_a_slow_stage_answers_within_budget_with_a_fallback(
         time.sleep(1.5)
         return real(*args, **kwargs)
 
+    scored: list[object] = []
+    real_score = engine.score
+
+    def score(*args: object, **kwargs: object):
+        scored.append(args)
+        return real_score(*args, **kwargs)  # type: ignore[arg-type]
+
     monkeypatch.setattr(engine, "candidates", slow)
+    monkeypatch.setattr(engine, "score", score)
     body = client.post("/v1/recommend", json={"user_id": "u", "k": 10}).json()
     # the budget ran out before the stalled stage finished: the fallback answered
     assert body["fallback"] == "timeout"
     assert len(body["items"]) == 10
-    monkeypatch.undo()
     time.sleep(1.5)
+    assert scored == []  # the late list stopped after its stage: no work for nobody
+    monkeypatch.undo()
     assert client.post("/v1/recommend", json={"user_id": "u", "k": 10}).json()["fallback"] is None
+
+
+def test_lists_that_waited_too_long_for_a_worker_are_shed_not_computed(
+    make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+):
+    # one worker thread, and a stage taking 0.4 s: of five lists asked for at once, the first
+    # is computed and the others, having waited past max_queue_ms, get the fallback at once
+    client = make_client(
+        embedding_dim=8,
+        serving=ServingSettings(workers=1, budget_ms=5000, max_queue_ms=100),
+    )
+    client.post("/v1/items", json={"items": items(100)})
+    engine = engine_of(client)
+    real = engine.candidates
+    calls: list[float] = []
+
+    def slow(*args: object, **kwargs: object):
+        calls.append(time.perf_counter())
+        time.sleep(0.4)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "candidates", slow)
+    with ThreadPoolExecutor(5) as pool:
+        bodies = list(
+            pool.map(
+                lambda n: client.post("/v1/recommend", json={"user_id": f"u{n}", "k": 10}).json(),
+                range(5),
+            )
+        )
+    reasons = sorted(str(b["fallback"]) for b in bodies)
+    assert reasons == ["None", "overloaded", "overloaded", "overloaded", "overloaded"]
+    assert len(calls) == 1
+    assert all(len(b["items"]) == 10 for b in bodies)
+    metrics = client.get("/metrics").text
+    assert 'segue_recommendations_total{fallback="overloaded"} 4.0' in metrics
+    assert "segue_queue_wait_seconds_count 5.0" in metrics
 
 
 def test_items_api_rejects_bad_items_by_name_and_delete_hides_an_item(client: TestClient):
