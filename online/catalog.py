@@ -81,7 +81,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -417,19 +417,23 @@ class Catalog:
         self._item_cache.pop(i, None)
         self._item_cache.pop(-1 - i, None)
 
-    def feature_items(self, indexes: Iterable[int]) -> list[Item]:
-        """Items at dense ``indexes`` with only what models featurize (id, title, artist,
-        genres): no embedding, release time or attributes. Cheap enough for index refreshes
-        over thousands of items; use :meth:`get_many` for anything served."""
+    def feature_columns(
+        self, indexes: Sequence[int]
+    ) -> tuple[list[str], list[str], list[tuple[str, ...]]]:
+        """The ids, artists and genres of the rows at dense ``indexes``: what models
+        featurize, as columns (no ``Item`` built). Index refreshes read thousands a second;
+        use :meth:`get_many` for anything served."""
         with self._lock:
             ids, records = self._ids_buf, self._records
-        # built outside the lock (an index refresh asks for thousands, which requests would
+        # read outside the lock (an index refresh asks for thousands, which requests would
         # wait for): rows are only ever appended or replaced whole, and a grown buffer is a
         # new array, so these references stay right for every row asked about
-        return [
-            Item(ids[i], title=records[i][0], artist=records[i][1], genres=records[i][2])
-            for i in indexes
-        ]
+        rows = [records[i] for i in indexes]
+        return (
+            ids[np.asarray(indexes, dtype=np.int64)].tolist(),
+            [r[1] for r in rows],
+            [r[2] for r in rows],
+        )
 
     def revisions_at(self, indexes: np.ndarray) -> np.ndarray:
         """The revision of each row at dense ``indexes`` (int64): it changes whenever the

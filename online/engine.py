@@ -728,7 +728,7 @@ class Engine:
         with self.lock:
             # by catalog row and revision: items are built only for features not cached
             scores, vectors = self._relevance.predict_at_with_vectors(
-                pool.user_id, pool.context, pool.rows, revisions, catalog.feature_items
+                pool.user_id, pool.context, pool.rows, revisions, catalog.feature_columns
             )
         order = np.argsort(-scores, kind="stable")
         n = min(self.settings.rerank_pool, len(scores))
@@ -1067,7 +1067,7 @@ class Engine:
         # reads only ids, artists and genres: no full items needed.
         vectors = np.concatenate(
             [
-                relevance.item_vectors(self.catalog.feature_items(part.tolist()))
+                relevance.item_vectors_of(self.catalog.feature_columns(part.tolist()))
                 for part in _yielding(np.array_split(idx, -(-len(idx) // _REFRESH_PART)))
             ]
         )

@@ -65,7 +65,10 @@ from feedback.events import Context
 from online._statefile import read_state, write_state
 from online.items import Item
 
-__all__ = ["RelevanceModel", "encode_context"]
+__all__ = ["FeatureColumns", "RelevanceModel", "encode_context"]
+
+# items as columns: ids, artists, genres (what the model's item features read)
+FeatureColumns = tuple[Sequence[str], Sequence[str], Sequence[Sequence[str]]]
 
 _FORMAT = "segue.relevance/1"
 # Small non-negative integers in a context are enumerations (hour, weekday, month), so each
@@ -327,10 +330,13 @@ class RelevanceModel:
 
     def item_features(self, item: Item) -> list[str]:
         """The item-side feature keys: ``i:<id>``, ``a:<artist>``, ``g:<genre>`` (deduplicated)."""
-        keys = [f"i:{item.item_id}"]
-        if item.artist:
-            keys.append(f"a:{item.artist}")
-        for genre in item.genres[: self.max_genres]:
+        return self._item_keys(item.item_id, item.artist, item.genres)
+
+    def _item_keys(self, item_id: str, artist: str, genres: Sequence[str]) -> list[str]:
+        keys = [f"i:{item_id}"]
+        if artist:
+            keys.append(f"a:{artist}")
+        for genre in genres[: self.max_genres]:
             key = f"g:{genre}"
             if key not in keys:
                 keys.append(key)
@@ -445,13 +451,14 @@ class RelevanceModel:
         self,
         keys: np.ndarray,
         revisions: np.ndarray,
-        items: Callable[[list[int]], Sequence[Item]],
+        columns: Callable[[list[int]], FeatureColumns],
     ) -> np.ndarray:
         """:meth:`_item_rows` of the items under ``keys`` (non-negative ints, such as catalog
         rows), cached by key while its ``revision`` stays the same: the look-up and the
-        check are array operations, and only missing or changed keys build items
-        (``items(keys)``). A dict of item ids did the same per item in Python, and at a
-        million items its misses in the processor's caches cost about a tenth of a list.
+        check are array operations, and only missing or changed keys read the items'
+        ``columns(keys)`` (ids, artists, genres). A dict of item ids did the same per item in
+        Python, and at a million items its misses in the processor's caches cost about a
+        tenth of a list.
 
         Not thread-safe (a slot is several array writes): the serving path calls it under
         the engine lock, and index refreshes use :meth:`item_vectors` instead.
@@ -470,7 +477,7 @@ class RelevanceModel:
             return self._at_rows[slots]
         out = self._at_rows[slots]
         miss = np.flatnonzero(~hit)
-        built, complete = self._feature_rows(items(keys[miss].tolist()))
+        built, complete = self._feature_rows(*columns(keys[miss].tolist()))
         out[miss] = built
         # two keys in one slot: the later one stays (a cache, so either is right)
         self._at_key[slots[miss]] = keys[miss]
@@ -479,18 +486,25 @@ class RelevanceModel:
         self._at_rows[slots[miss]] = built
         return out
 
-    def _feature_rows(self, items: Sequence[Item]) -> tuple[np.ndarray, np.ndarray]:
-        """(n, 2 + max_genres) mirror rows of the items' features, uncached (0: absent or
-        not learned yet), and whether each item's features are all learned (its rows then
-        never change)."""
-        get = self._rows.get
-        out = np.zeros((len(items), 2 + self.max_genres), dtype=np.intp)
-        complete = np.ones(len(items), dtype=bool)
-        for n, item in enumerate(items):
-            rows = [get(key, 0) for key in self.item_features(item)]
-            out[n, : len(rows)] = rows
-            complete[n] = all(rows)
-        return out, complete
+    def _feature_rows(
+        self, ids: Sequence[str], artists: Sequence[str], genres: Sequence[Sequence[str]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(n, 2 + max_genres) mirror rows of the features of the items given as columns,
+        uncached (0: absent or not learned yet), and whether each item's features are all
+        learned (its rows then never change)."""
+        width = 2 + self.max_genres
+        get, keys_of = self._rows.get, self._item_keys
+        flat: list[int] = []
+        complete: list[bool] = []
+        for item_id, artist, gs in zip(ids, artists, genres, strict=True):
+            rows = [get(key, 0) for key in keys_of(item_id, artist, gs)]
+            complete.append(all(rows))
+            flat.extend(rows)
+            flat.extend([0] * (width - len(rows)))
+        return (
+            np.array(flat, dtype=np.intp).reshape(-1, width),
+            np.array(complete, dtype=bool),
+        )
 
     def _user_parts(self, user: str, context: Context) -> tuple[np.ndarray, float]:
         rows = [self._rows.get(k, 0) for k in self.user_features(user, context)]
@@ -543,13 +557,13 @@ class RelevanceModel:
         context: Context,
         keys: np.ndarray,
         revisions: np.ndarray,
-        items: Callable[[list[int]], Sequence[Item]],
+        columns: Callable[[list[int]], FeatureColumns],
     ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`predict_many_with_vectors` of the items under ``keys`` (see
-        :meth:`item_rows_at`): the serving path passes catalog rows, so no item is built
-        unless its features are not cached."""
+        :meth:`item_rows_at`): the serving path passes catalog rows, so nothing about an
+        item is read unless its features are not cached."""
         u, const = self._user_parts(user, context)
-        s, bias = self._parts_of(self.item_rows_at(keys, revisions, items))
+        s, bias = self._parts_of(self.item_rows_at(keys, revisions, columns))
         probabilities = 1.0 / (1.0 + np.exp(-(const + bias + s @ u)))
         return probabilities, self._vectors(s, bias)
 
@@ -573,6 +587,12 @@ class RelevanceModel:
     def item_vectors(self, items: Sequence[Item]) -> np.ndarray:
         """``(n, dim)`` float32: ``[sum of item-side latents, item bias]`` per item."""
         return self._vectors(*self._item_parts(items))
+
+    def item_vectors_of(self, columns: FeatureColumns) -> np.ndarray:
+        """:meth:`item_vectors` of items given as columns (ids, artists, genres), uncached:
+        index refreshes compute thousands per second, mostly of items seen once per sweep,
+        and an ``Item`` per row cost them more than the vectors did."""
+        return self._vectors(*self._parts_of(self._feature_rows(*columns)[0]))
 
     def item_vector(self, item: Item) -> np.ndarray:
         """One row of :meth:`item_vectors`."""

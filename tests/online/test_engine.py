@@ -286,27 +286,29 @@ def test_an_index_refresh_computes_thousands_of_vectors_while_requests_can_take_
     engine = make_engine(small_catalog, index_sweep_batch=0)
     list(run_world(engine, world, steps=30))
     free: list[bool] = []
-    real = RelevanceModel.item_vectors
+    real = RelevanceModel.item_vectors_of
 
-    def watched(self: RelevanceModel, items: Any) -> np.ndarray:
+    def watched(self: RelevanceModel, columns: Any) -> np.ndarray:
         free.append(lock_is_free(engine))
-        return real(self, items)
+        return real(self, columns)
 
-    monkeypatch.setattr(RelevanceModel, "item_vectors", watched)
+    monkeypatch.setattr(RelevanceModel, "item_vectors_of", watched)
     assert engine.refresh_index() > 0
     assert free == [True]
     view = small_catalog.view()
     stored, live = engine._cf_index.stored(np.arange(len(view.ids)))
-    want = real(engine.relevance, small_catalog.feature_items(np.flatnonzero(live).tolist()))
+    # the oracle: the model's vectors of the catalog's items, built whole
+    items = small_catalog.get_many(view.ids[live].tolist())
+    want = engine.relevance.item_vectors([i for i in items if i is not None])
     assert np.allclose(stored[live], want, atol=1e-6)
 
 
 def test_saving_writes_the_largest_parts_while_requests_can_take_the_lock(
     small_catalog: Catalog, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    """A snapshot cut must not stall requests for the relevance model's pickle and the CF
-    index's arrays: the engine lock is free while they are written, and the snapshot still
-    loads into the same engine."""
+    """A snapshot cut must not stall requests for the relevance model's pickle, the CF
+    index's arrays, the counters or the expansion of moved artists into their items: the
+    engine lock is free meanwhile, and the snapshot still loads into the same engine."""
     from online import engine as engine_module
     from online.relevance import RelevanceModel
 

@@ -164,9 +164,13 @@ def test_scoring_by_key_equals_scoring_items_also_through_collisions_and_changes
     revisions = np.ones(len(table), dtype=np.int64)
     built: list[int] = []
 
-    def build(keys: list[int]) -> list[Item]:
+    def build(keys: list[int]) -> tuple[list[str], list[str], list[tuple[str, ...]]]:
         built.extend(keys)
-        return [table[k] for k in keys]
+        return (
+            [table[k].item_id for k in keys],
+            [table[k].artist for k in keys],
+            [table[k].genres for k in keys],
+        )
 
     rng = np.random.default_rng(3)
     for step in range(30):
@@ -191,9 +195,14 @@ def test_scoring_by_key_sees_a_feature_learned_after_it_was_cached():
     model = RelevanceModel(n_factors=4, seed=0)
     cold = Item("t9", artist="Newcomer")
     keys, revisions = np.array([5]), np.array([1])
-    before = model.predict_at_with_vectors("tom", {}, keys, revisions, lambda k: [cold])[1]
+
+    def columns(_: list[int]) -> tuple[list[str], list[str], list[tuple[str, ...]]]:
+        return [cold.item_id], [cold.artist], [cold.genres]
+
+    before = model.predict_at_with_vectors("tom", {}, keys, revisions, columns)[1]
     model.learn_one("tom", Item("t1", artist="Newcomer"), 1.0, {})
-    after = model.predict_at_with_vectors("tom", {}, keys, revisions, lambda k: [cold])[1]
+    after = model.predict_at_with_vectors("tom", {}, keys, revisions, columns)[1]
+    np.testing.assert_array_equal(model.item_vectors_of(columns([5])), after)
     assert not np.array_equal(after, before)
     np.testing.assert_array_equal(after, model.item_vectors([cold]))
 
