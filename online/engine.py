@@ -972,7 +972,8 @@ class Engine:
     def _learn_samples(self, out: JoinOutput, report: LearnReport) -> None:
         wm = self._joiner.watermark
         half_life = self.learner_settings.half_life_s
-        items = self.catalog.get_many([sample.item_id for sample in out.relevance])
+        # the relevance model reads ids, artists and genres: no embedding built under the lock
+        items = self.catalog.get_many([s.item_id for s in out.relevance], content=False)
         learn = self._relevance.learn_one
         pv_y: list[bool] = []
         pv_p: list[float] = []
@@ -1113,34 +1114,45 @@ class Engine:
         """Write every learned state into ``directory`` (a snapshot's staging directory).
 
         Call it from the thread that learns (or with learning stopped), without holding
-        :attr:`lock`: it takes the lock for what requests use too (the bandit's VW workspace,
-        the counters, sessions, the figures), and writes the rest outside it, so lists go on
-        being served meanwhile: the relevance model's River state (requests read its numpy
-        mirror, only learning writes it) and the CF index (its save lets queries run), the
-        largest parts at a million items. A deferred CF index is part of the state, so this
-        waits for it (see :meth:`wait_loaded`).
+        :attr:`lock`: it takes the lock only for what requests change or cannot read beside
+        a writer (the bandit's VW workspace, the sessions, the random stream), and writes the
+        rest outside it, so lists go on being served meanwhile: the counters and the join
+        (only learning changes them; requests read them), the relevance model's River state
+        (requests read its numpy mirror, only learning writes it) and the CF index (its save
+        lets queries run), the largest parts at a million items. A deferred CF index is part
+        of the state, so this waits for it (see :meth:`wait_loaded`).
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.wait_loaded()
         with self.lock:
-            self._mark_dirty(sorted(self._relevance.pop_touched()))  # the moved items, all of them
+            touched = self._relevance.pop_touched()
+        # the moved items, all of them; expanding popular artists into their items takes
+        # tens to hundreds of milliseconds at 1M items, and the queue is this thread's alone
+        self._mark_dirty(sorted(touched), pause=True)
+        with self.lock:
+            # what requests change or use unsafely beside a reader: VW's workspace, the
+            # sessions the intake records, the random stream of the fresh channel
             self._bandit.dump(directory / "bandit.bin")
-            (directory / "popularity.json").write_bytes(self._popularity.dump())
-            (directory / "exposure.json").write_bytes(self._exposure.dump())
             (directory / "sessions.json").write_bytes(self._sessions.dump())
-            (directory / "transitions.json").write_bytes(self._transitions.dump())
-            (directory / "joiner.bin").write_bytes(self._joiner.dump())
-            meta = {
-                "format": _FORMAT,
-                "offset": self.offset,
-                "events_learned": self.events_learned,
-                "watermark": self._joiner.watermark,
-                "dirty": list(self._dirty),
-                "sweep_at": self._sweep_at,
-                "rng": self._rng.bit_generator.state,
-                "settings": self.settings.model_dump(mode="json"),
-            }
+            rng = self._rng.bit_generator.state
+        # only the learning thread (this one) changes the counters and the join, and
+        # requests only read them: they are written outside the lock. A cut at 1M items
+        # held it for up to a second, and every list in flight waited.
+        (directory / "popularity.json").write_bytes(self._popularity.dump())
+        (directory / "exposure.json").write_bytes(self._exposure.dump())
+        (directory / "transitions.json").write_bytes(self._transitions.dump())
+        (directory / "joiner.bin").write_bytes(self._joiner.dump())
+        meta = {
+            "format": _FORMAT,
+            "offset": self.offset,
+            "events_learned": self.events_learned,
+            "watermark": self._joiner.watermark,
+            "dirty": list(self._dirty),
+            "sweep_at": self._sweep_at,
+            "rng": rng,
+            "settings": self.settings.model_dump(mode="json"),
+        }
         self._relevance.dump(directory / "relevance.bin")
         self._cf_index.save(directory / "cf_index")
         (directory / "engine.json").write_text(json.dumps(meta, default=int))

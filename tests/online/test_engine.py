@@ -324,12 +324,37 @@ def test_saving_writes_the_largest_parts_while_requests_can_take_the_lock(
 
         return write
 
+    def dumped(name: str, real: Any) -> Any:
+        def dump(self: Any) -> bytes:
+            free[name] = lock_is_free(engine)
+            return real(self)  # type: ignore[no-any-return]
+
+        return dump
+
     monkeypatch.setattr(RelevanceModel, "dump", watched("relevance", RelevanceModel.dump))
     monkeypatch.setattr(
         engine_module.HNSWRetriever, "save", watched("cf_index", engine_module.HNSWRetriever.save)
     )
+    for name in ("Popularity", "Exposure", "Transitions"):
+        cls = getattr(engine_module, name)
+        monkeypatch.setattr(cls, "dump", dumped(name, cls.dump))
+    real_mark = Engine._mark_dirty
+
+    def mark(self: Engine, keys: Any, *, pause: bool = False) -> None:
+        free["mark_dirty"] = lock_is_free(engine)
+        real_mark(self, keys, pause=pause)
+
+    monkeypatch.setattr(Engine, "_mark_dirty", mark)
+    list(run_world(engine, world, steps=5))  # items moved since the refresh: queued at save
     engine.save(tmp_path / "snap")
-    assert free == {"relevance": True, "cf_index": True}
+    assert free == {
+        "relevance": True,
+        "cf_index": True,
+        "Popularity": True,
+        "Exposure": True,
+        "Transitions": True,
+        "mark_dirty": True,
+    }
     again = Engine.load(tmp_path / "snap", small_catalog, engine.settings, engine.learner_settings)
     a = engine.recommend("u3", 10, {}, explore=False, now=world.t, request_id="r")
     b = again.recommend("u3", 10, {}, explore=False, now=world.t, request_id="r")
