@@ -105,6 +105,12 @@ class ChannelOffers:
         return out
 
 
+def _ranking_items(catalog: Catalog, ids: list[str]) -> list[Item]:
+    """The items at ``ids`` as ranking reads them (no embedding or attributes), those the
+    catalog knows."""
+    return [i for i in catalog.get_many(ids, content=False) if i is not None]
+
+
 @dataclass(slots=True)
 class CandidatePool:
     """Stage 1's output: the candidates, as catalog rows, and the channels that proposed each.
@@ -135,8 +141,7 @@ class CandidatePool:
         """The candidates as items (without embeddings or attributes), as the catalog has
         them now."""
         if self._items is None:
-            got = self.catalog.get_many(self.ids, content=False)
-            self._items = [i for i in got if i is not None]
+            self._items = _ranking_items(self.catalog, self.ids)
         return self._items
 
     @property
@@ -170,8 +175,7 @@ class ScoredPool:
     @property
     def items(self) -> list[Item]:
         if self._items is None:
-            got = self.pool.catalog.get_many(self.ids, content=False)
-            self._items = [i for i in got if i is not None]
+            self._items = _ranking_items(self.pool.catalog, self.ids)
         return self._items
 
 
@@ -726,7 +730,8 @@ class Engine:
         catalog = pool.catalog
         revisions = catalog.revisions_at(pool.rows)
         with self.lock:
-            # by catalog row and revision: items are built only for features not cached
+            # by catalog row and revision: an item's columns are read only when its
+            # features are not cached
             scores, vectors = self._relevance.predict_at_with_vectors(
                 pool.user_id, pool.context, pool.rows, revisions, catalog.feature_columns
             )

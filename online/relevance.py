@@ -530,10 +530,16 @@ class RelevanceModel:
         self, user: str, items: Sequence[Item], context: Context
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Probabilities of ``items`` and their item-side parts (latent sums, biases)."""
-        u, const = self._user_parts(user, context)
         s, bias = self._item_parts(items)
+        return self._probabilities(user, context, s, bias), s, bias
+
+    def _probabilities(
+        self, user: str, context: Context, s: np.ndarray, bias: np.ndarray
+    ) -> np.ndarray:
+        """Probabilities from the items' parts (latent sums, biases) and the user's."""
+        u, const = self._user_parts(user, context)
         logits = const + bias + s @ u
-        return 1.0 / (1.0 + np.exp(-logits)), s, bias
+        return 1.0 / (1.0 + np.exp(-logits))
 
     @staticmethod
     def _vectors(s: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -562,10 +568,8 @@ class RelevanceModel:
         """:meth:`predict_many_with_vectors` of the items under ``keys`` (see
         :meth:`item_rows_at`): the serving path passes catalog rows, so nothing about an
         item is read unless its features are not cached."""
-        u, const = self._user_parts(user, context)
         s, bias = self._parts_of(self.item_rows_at(keys, revisions, columns))
-        probabilities = 1.0 / (1.0 + np.exp(-(const + bias + s @ u)))
-        return probabilities, self._vectors(s, bias)
+        return self._probabilities(user, context, s, bias), self._vectors(s, bias)
 
     def predict_one(self, user: str, item: Item, context: Context) -> float:
         """Probability of a positive outcome for ``item`` (equal to :meth:`predict_many`'s up to

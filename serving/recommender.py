@@ -8,9 +8,9 @@ list taking longer than the budget - the client gets the precomputed popular-now
 was actually served, so the reward join never credits a list nobody saw.
 
 Under overload the work is shed, not queued. A list that found every worker thread busy
-and waited longer than ``max_queue_ms`` for one is not computed (``fallback:
-"overloaded"``), and one
-whose budget ran out between two stages stops there (its client already has the fallback).
+and waited longer than ``max_queue_ms`` for one is not computed (``fallback: "overloaded"``),
+and one whose budget ran out between two stages stops there (its client already has the
+fallback).
 Without this, more lists per second than the process could compute built a queue in which
 every list waited out the whole budget: at twice its capacity the service answered 99% of
 lists with the fallback, each after 150 ms, while it went on computing lists nobody would see.
