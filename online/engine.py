@@ -69,6 +69,7 @@ __all__ = [
     "LearnReport",
     "ScoredPool",
     "as_recommendation",
+    "yielding",
 ]
 
 _FORMAT = "segue.engine/1"
@@ -207,7 +208,7 @@ def as_recommendation(
 _REFRESH_PART = 250  # items per piece of an index refresh's vector pass (a few ms each)
 
 
-def _yielding(parts: Iterable[Any]) -> Iterator[Any]:
+def yielding(parts: Iterable[Any]) -> Iterator[Any]:
     """``parts``, offering the interpreter lock to other threads between two of them.
 
     Background work (learning, index refreshes) runs Python for tens of milliseconds at a
@@ -740,12 +741,13 @@ class Engine:
         top = order[:n]
         if k is not None and n < len(scores):
             cap = self.settings.max_per_artist
-            artists = catalog.artists_at(pool.rows[order].tolist())
-            per_artist = Counter(artists[:n])
+            per_artist = Counter(catalog.artists_at(pool.rows[top].tolist()))
             placeable = sum(min(c, cap) for c in per_artist.values())
             if placeable < k:
                 extra = []
-                for i, artist in zip(order[n:].tolist(), artists[n:], strict=True):
+                rest = order[n:]
+                rest_artists = catalog.artists_at(pool.rows[rest].tolist())
+                for i, artist in zip(rest.tolist(), rest_artists, strict=True):
                     if per_artist[artist] < cap:
                         per_artist[artist] += 1
                         extra.append(i)
@@ -1008,7 +1010,7 @@ class Engine:
         """Queue the items whose vectors the touched ``keys`` moved.
 
         ``pause``: offer the interpreter lock to requests between pieces of the work (see
-        :func:`_yielding`); one popular artist alone expands to tens of thousands of items.
+        :func:`yielding`); one popular artist alone expands to tens of thousands of items.
         """
         rows: list[int] = []
         for key in keys:
@@ -1020,7 +1022,7 @@ class Engine:
             # a genre's latents move thousands of items a little: the sweep bounds those
         step = _REFRESH_PART * 4
         starts = range(0, len(rows), step)
-        for start in _yielding(starts) if pause else starts:
+        for start in yielding(starts) if pause else starts:
             # a row already waiting keeps its place in the queue
             self._dirty.update(dict.fromkeys(rows[start : start + step]))
 
@@ -1074,7 +1076,7 @@ class Engine:
         vectors = np.concatenate(
             [
                 relevance.item_vectors_of(self.catalog.feature_columns(part.tolist()))
-                for part in _yielding(np.array_split(idx, -(-len(idx) // _REFRESH_PART)))
+                for part in yielding(np.array_split(idx, -(-len(idx) // _REFRESH_PART)))
             ]
         )
         keep = np.abs(vectors[:, :-1]).sum(axis=1) > 0  # no learned signal yet: not indexed

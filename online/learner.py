@@ -32,7 +32,7 @@ from feedback.attribution import DecisionOutcome
 from feedback.decisions import DecisionLog
 from feedback.log import EventLog
 from online.catalog import Catalog
-from online.engine import ContentIndex, Engine
+from online.engine import ContentIndex, Engine, yielding
 from online.redis_sessions import RedisSessions
 from online.settings import EngineSettings, LearnerSettings
 from snapshots import CommitResult, CurrentPointer, CutSchedule, SnapshotStore, settings_hash
@@ -157,18 +157,15 @@ class Learner:
         self.engine.keep_outcomes = self._record_outcomes is not None
         batch = self.log.read(self.engine.offset, self.settings.read_batch)
         chunk = self.settings.lock_chunk
-        for start in range(0, len(batch), chunk):
+        # learning is background work: between chunks the interpreter lock goes to a request
+        # waiting for it (see online.engine.yielding)
+        for start in yielding(range(0, len(batch), chunk)):
             if start and self._moved():
                 # an operator moved CURRENT: obey it at the next step rather than after the
                 # whole batch (the rest of the batch is read again from the new state's offset)
                 self._store_outcomes()
                 return self._report(report)
             part = batch[start : start + chunk]
-            if start:
-                # learning is background work: hand the interpreter lock to a request that
-                # waits for it rather than make it wait out the switch interval (5 ms) at
-                # every release, chunk after chunk
-                time.sleep(0)
             learned = self.engine.learn(
                 [x.event for x in part], offset=part[-1].offset, sessions=self.sessions
             )
