@@ -81,7 +81,7 @@ The event contract should reject timestamps ahead of the receiving clock.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +89,7 @@ import orjson
 
 from feedback.decisions import DecisionLog
 from feedback.events import Context, Decision, Event, SlateEntry
+from feedback.jsonparts import Rows, json_parts
 from feedback.rewards import RewardFunction
 
 DEFAULT_WINDOW_S = 1800.0
@@ -316,29 +317,37 @@ class RewardJoiner:
 
     def dump(self) -> bytes:
         """The joiner's state as JSON bytes: pending slots, remembered ids, counters, watermark."""
-        for p in self._pending.values():
-            if p.encoded is None:
-                p.encoded = orjson.Fragment(orjson.dumps(p.decision.to_dict()))
-        pending = [
-            {
-                "decision": p.encoded,
-                "close_at": p.close_at,
-                "slots": [
-                    [item, s.impressed_at, s.best, s.best_time, s.emitted]
-                    for item, s in p.slots.items()
-                ],
-            }
-            for p in self._pending.values()
-        ]
+        return b"".join(self.dump_parts())
+
+    def dump_parts(self, per_part: int = 64) -> Iterator[bytes]:
+        """:meth:`dump`'s bytes in pieces of ``per_part`` lists (see :mod:`feedback.jsonparts`).
+
+        The state must not change until the last piece is taken (the thread that feeds the
+        joiner is the one that writes it).
+        """
+
+        def pending() -> Iterator[dict[str, Any]]:
+            for p in self._pending.values():
+                if p.encoded is None:
+                    p.encoded = orjson.Fragment(orjson.dumps(p.decision.to_dict()))
+                yield {
+                    "decision": p.encoded,
+                    "close_at": p.close_at,
+                    "slots": [
+                        [item, s.impressed_at, s.best, s.best_time, s.emitted]
+                        for item, s in p.slots.items()
+                    ],
+                }
+
         state: dict[str, Any] = {
             "format": _DUMP_FORMAT,
             "window_s": self.window_s,
             "watermark": self._watermark,
             "stats": self._stats,
-            "pending": pending,
-            "seen": list(self._seen.items()),
+            "pending": Rows(pending()),
+            "seen": Rows(self._seen.items(), per_part=2048),  # two short fields each
         }
-        return orjson.dumps(state)
+        return json_parts(state, per_part)
 
     def load(self, data: bytes) -> None:
         """Replace this joiner's state with one produced by :meth:`dump`."""

@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from feedback.attribution import DecisionOutcome
 from feedback.decisions import DecisionLog
 from feedback.log import EventLog
+from online._gil import yielding
 from online.catalog import Catalog
-from online.engine import ContentIndex, Engine, yielding
+from online.engine import ContentIndex, Engine
 from online.redis_sessions import RedisSessions
 from online.settings import EngineSettings, LearnerSettings
 from snapshots import CommitResult, CurrentPointer, CutSchedule, SnapshotStore, settings_hash
@@ -158,7 +159,7 @@ class Learner:
         batch = self.log.read(self.engine.offset, self.settings.read_batch)
         chunk = self.settings.lock_chunk
         # learning is background work: between chunks the interpreter lock goes to a request
-        # waiting for it (see online.engine.yielding)
+        # waiting for it (see online._gil)
         for start in yielding(range(0, len(batch), chunk)):
             if start and self._moved():
                 # an operator moved CURRENT: obey it at the next step rather than after the

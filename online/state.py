@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import bisect
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import orjson
 
 from feedback.events import Event
+from feedback.jsonparts import Rows, json_parts
 
 _FORMAT = 1
 _REBASE_AT = 512.0  # half-lives past the origin before the origin moves (2**512 < 1e155)
@@ -47,8 +48,10 @@ def _check_positive(name: str, value: float | None, allow_none: bool = False) ->
         raise ValueError(f"{name} must be positive, got {value}")
 
 
-def _dump(kind: str, params: dict[str, Any], state: dict[str, Any]) -> bytes:
-    return orjson.dumps({"kind": kind, "format": _FORMAT, "params": params, "state": state})
+def _dump_parts(kind: str, params: dict[str, Any], state: dict[str, Any]) -> Iterator[bytes]:
+    """The envelope every dump is in, in parts (:class:`~feedback.jsonparts.Rows` in
+    ``state`` are encoded a few rows at a time)."""
+    return json_parts({"kind": kind, "format": _FORMAT, "params": params, "state": state})
 
 
 def _load(kind: str, params: dict[str, Any], data: bytes) -> dict[str, Any]:
@@ -208,17 +211,22 @@ class Popularity:
 
     def dump(self) -> bytes:
         """The learned state as JSON bytes (see the module docstring)."""
+        return b"".join(self.dump_parts())
+
+    def dump_parts(self) -> Iterator[bytes]:
+        """:meth:`dump`'s bytes in small pieces (a writer hands the interpreter over between
+        two; see :mod:`feedback.jsonparts`). The state must not change meanwhile."""
         size = len(self._ids)
-        top = None if self._top is None else [self._top[0], self._top[1].tolist(), self._top[2]]
+        top = None if self._top is None else [self._top[0], Rows(self._top[1], 4096), self._top[2]]
         state = {
             "origin": self._origin,
-            "ids": self._ids,
-            "long": self._long[:size].tolist(),
-            "short": self._short[:size].tolist(),
-            "count": self._count[:size].tolist(),
+            "ids": Rows(self._ids, 4096),
+            "long": Rows(self._long[:size], 4096),
+            "short": Rows(self._short[:size], 4096),
+            "count": Rows(self._count[:size], 4096),
             "top": top,
         }
-        return _dump("Popularity", self._params(), state)
+        return _dump_parts("Popularity", self._params(), state)
 
     def load(self, data: bytes) -> None:
         """Replace the learned state with one from :meth:`dump`."""
@@ -344,11 +352,16 @@ class Exposure:
 
     def dump(self) -> bytes:
         """The learned state as JSON bytes (see the module docstring)."""
-        users = [
+        return b"".join(self.dump_parts())
+
+    def dump_parts(self) -> Iterator[bytes]:
+        """:meth:`dump`'s bytes in small pieces (see :meth:`Popularity.dump_parts`)."""
+        users = (
             [user, list(items.items()), list(artists.items())]
             for user, (items, artists) in self._users.items()
-        ]
-        return _dump("Exposure", self._params(), {"origin": self._origin, "users": users})
+        )
+        state = {"origin": self._origin, "users": Rows(users, 128)}
+        return _dump_parts("Exposure", self._params(), state)
 
     def load(self, data: bytes) -> None:
         """Replace the learned state with one from :meth:`dump`."""
@@ -417,7 +430,7 @@ class Sessions:
     def dump(self) -> bytes:
         """The learned state as JSON bytes (see the module docstring)."""
         users = [[user, plays] for user, plays in self._users.items()]
-        return _dump("Sessions", self._params(), {"users": users})
+        return b"".join(_dump_parts("Sessions", self._params(), {"users": users}))
 
     def load(self, data: bytes) -> None:
         """Replace the learned state with one from :meth:`dump`."""
@@ -509,11 +522,15 @@ class Transitions:
 
     def dump(self) -> bytes:
         """The learned state as JSON bytes (see the module docstring)."""
+        return b"".join(self.dump_parts())
+
+    def dump_parts(self) -> Iterator[bytes]:
+        """:meth:`dump`'s bytes in small pieces (see :meth:`Popularity.dump_parts`)."""
         state = {
-            "last": [[user, item, t] for user, (item, t) in self._last.items()],
-            "next": [[item, list(table.items())] for item, table in self._next.items()],
+            "last": Rows(([user, item, t] for user, (item, t) in self._last.items()), 1024),
+            "next": Rows(([item, list(table.items())] for item, table in self._next.items()), 256),
         }
-        return _dump("Transitions", self._params(), state)
+        return _dump_parts("Transitions", self._params(), state)
 
     def load(self, data: bytes) -> None:
         """Replace the learned state with one from :meth:`dump`."""

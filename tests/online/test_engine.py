@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -325,19 +327,20 @@ def test_saving_writes_the_largest_parts_while_requests_can_take_the_lock(
         return write
 
     def dumped(name: str, real: Any) -> Any:
-        def dump(self: Any) -> bytes:
-            free[name] = lock_is_free(engine)
-            return real(self)  # type: ignore[no-any-return]
+        def dump_parts(self: Any) -> Iterator[bytes]:
+            for part in real(self):  # each piece is encoded with the lock free
+                free[name] = free.get(name, True) and lock_is_free(engine)
+                yield part
 
-        return dump
+        return dump_parts
 
     monkeypatch.setattr(RelevanceModel, "dump", watched("relevance", RelevanceModel.dump))
     monkeypatch.setattr(
         engine_module.HNSWRetriever, "save", watched("cf_index", engine_module.HNSWRetriever.save)
     )
-    for name in ("Popularity", "Exposure", "Transitions"):
+    for name in ("Popularity", "Exposure", "Transitions", "RewardJoiner"):
         cls = getattr(engine_module, name)
-        monkeypatch.setattr(cls, "dump", dumped(name, cls.dump))
+        monkeypatch.setattr(cls, "dump_parts", dumped(name, cls.dump_parts))
     real_mark = Engine._mark_dirty
 
     def mark(self: Engine, keys: Any, *, pause: bool = False) -> None:
@@ -353,12 +356,31 @@ def test_saving_writes_the_largest_parts_while_requests_can_take_the_lock(
         "Popularity": True,
         "Exposure": True,
         "Transitions": True,
+        "RewardJoiner": True,
         "mark_dirty": True,
     }
     again = Engine.load(tmp_path / "snap", small_catalog, engine.settings, engine.learner_settings)
     a = engine.recommend("u3", 10, {}, explore=False, now=world.t, request_id="r")
     b = again.recommend("u3", 10, {}, explore=False, now=world.t, request_id="r")
     assert a.item_ids == b.item_ids
+    assert list(again._dirty) == list(engine._dirty) != []  # the index's queue, in order
+
+
+def test_a_snapshot_keeping_the_index_queue_in_its_json_still_loads(
+    small_catalog: Catalog, world: World, tmp_path: Path
+):
+    """Snapshots cut by earlier releases kept the queue of moved items in engine.json; an
+    operator can still roll back to them, and the queue comes back in its order."""
+    engine = make_engine(small_catalog)
+    list(run_world(engine, world, steps=30))
+    engine.save(tmp_path / "snap")
+    queue = np.load(tmp_path / "snap" / "dirty.npy").tolist()
+    assert queue  # the world moved items the index has not taken yet
+    meta = json.loads((tmp_path / "snap" / "engine.json").read_text())
+    (tmp_path / "snap" / "engine.json").write_text(json.dumps({**meta, "dirty": queue[::-1]}))
+    (tmp_path / "snap" / "dirty.npy").unlink()
+    old = Engine.load(tmp_path / "snap", small_catalog, engine.settings, engine.learner_settings)
+    assert list(old._dirty) == queue[::-1]
 
 
 def _offered_one_by_one(
