@@ -42,8 +42,8 @@ Example (seeded, tiny):
 >>> model = RelevanceModel(n_factors=4, seed=1)
 >>> rock, jazz = Item("t1", artist="Rockers"), Item("t2", artist="Jazzers")
 >>> for _ in range(200):
-...     model.learn_one("tom", rock, 1.0, {"device": "ios"})
-...     model.learn_one("tom", jazz, 0.0, {"device": "ios"})
+...     _ = model.learn_one("tom", rock, 1.0, {"device": "ios"})  # the prediction before
+...     _ = model.learn_one("tom", jazz, 0.0, {"device": "ios"})
 >>> model.predict_one("tom", rock, {"device": "ios"}) > 0.8
 True
 >>> model.predict_one("tom", jazz, {"device": "ios"}) < 0.2
