@@ -89,7 +89,7 @@ import orjson
 
 from feedback.decisions import DecisionLog
 from feedback.events import Context, Decision, Event, SlateEntry
-from feedback.jsonparts import Rows, json_parts
+from feedback.jsonparts import Part, Rows, json_parts
 from feedback.rewards import RewardFunction
 
 DEFAULT_WINDOW_S = 1800.0
@@ -319,7 +319,7 @@ class RewardJoiner:
         """The joiner's state as JSON bytes: pending slots, remembered ids, counters, watermark."""
         return b"".join(self.dump_parts())
 
-    def dump_parts(self, per_part: int = 64) -> Iterator[bytes]:
+    def dump_parts(self, per_part: int = 64) -> Iterator[Part]:
         """:meth:`dump`'s bytes in pieces of ``per_part`` lists (see :mod:`feedback.jsonparts`).
 
         The state must not change until the last piece is taken (the thread that feeds the

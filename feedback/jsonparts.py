@@ -25,7 +25,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-__all__ = ["Rows", "json_parts"]
+__all__ = ["Part", "Rows", "json_parts"]
+
+Part = bytes | memoryview  # a piece of the output (``bytes.join`` and ``write`` take both)
 
 
 class Rows:
@@ -55,7 +57,7 @@ def _batches(rows: Iterable[Any] | np.ndarray, per_part: int) -> Iterator[Any]:
         yield batch
 
 
-def json_parts(doc: Mapping[str, Any], per_part: int = 256) -> Iterator[bytes]:
+def json_parts(doc: Mapping[str, Any], per_part: int = 256) -> Iterator[Part]:
     """The bytes of ``orjson.dumps(doc)``, where every :class:`Rows` in ``doc`` stands for the
     JSON array of its rows, in pieces of at most ``per_part`` rows (or the :class:`Rows`'
     own), plus the document around them. Rows are consumed as the pieces are taken: their
@@ -78,11 +80,13 @@ def json_parts(doc: Mapping[str, Any], per_part: int = 256) -> Iterator[bytes]:
     for n, rows in enumerate(found):
         marker = orjson.dumps(f"\x00segue-rows-{n}\x00")
         at = skeleton.index(marker, pos)
-        head = skeleton[pos:at] + b"["
+        yield skeleton[pos:at] + b"["
+        sep = b""
         for batch in _batches(rows.rows, rows.per_part or per_part):
-            body = orjson.dumps(batch)[1:-1]
-            yield head + body
-            head = b","
-        yield b"]" if head == b"," else head + b"]"
+            if sep:
+                yield sep
+            yield memoryview(orjson.dumps(batch))[1:-1]  # the rows without their brackets
+            sep = b","
+        yield b"]"
         pos = at + len(marker)
     yield skeleton[pos:]

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from feedback.jsonparts import Part
+
 __all__ = ["YieldingFile", "dump_pickle", "write_parts", "yielding"]
 
 _SLICE_S = 0.002  # longest stretch a writer runs before it offers the interpreter lock
@@ -29,12 +31,14 @@ def yielding(parts: Iterable[Any]) -> Iterator[Any]:
         yield part
 
 
-def write_parts(path: Path, parts: Iterable[bytes]) -> None:
+def write_parts(path: Path, parts: Iterable[Part]) -> None:
     """Write ``parts`` (e.g. :func:`feedback.jsonparts.json_parts`) into ``path``, offering the
-    interpreter lock between two of them."""
+    interpreter lock whenever ``_SLICE_S`` passed since the last offer (making the parts is
+    most of the work: it is done as they are taken)."""
     with Path(path).open("wb") as f:
-        for part in yielding(parts):
-            f.write(part)
+        out = YieldingFile(f)
+        for part in parts:
+            out.write(part)
 
 
 class YieldingFile:

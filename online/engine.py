@@ -1141,7 +1141,7 @@ class Engine:
         write_parts(directory / "joiner.bin", self._joiner.dump_parts())
         # the queue of moved items can hold most of the catalog: an array, not a JSON list
         queue = iter(self._dirty)
-        step = 65_536
+        step = 8192  # about a millisecond each
         dirty = np.concatenate(
             [
                 np.fromiter(islice(queue, step), dtype=np.int64)

@@ -35,7 +35,7 @@ import numpy as np
 import orjson
 
 from feedback.events import Event
-from feedback.jsonparts import Rows, json_parts
+from feedback.jsonparts import Part, Rows, json_parts
 
 _FORMAT = 1
 _REBASE_AT = 512.0  # half-lives past the origin before the origin moves (2**512 < 1e155)
@@ -48,7 +48,7 @@ def _check_positive(name: str, value: float | None, allow_none: bool = False) ->
         raise ValueError(f"{name} must be positive, got {value}")
 
 
-def _dump_parts(kind: str, params: dict[str, Any], state: dict[str, Any]) -> Iterator[bytes]:
+def _dump_parts(kind: str, params: dict[str, Any], state: dict[str, Any]) -> Iterator[Part]:
     """The envelope every dump is in, in parts (:class:`~feedback.jsonparts.Rows` in
     ``state`` are encoded a few rows at a time)."""
     return json_parts({"kind": kind, "format": _FORMAT, "params": params, "state": state})
@@ -213,7 +213,7 @@ class Popularity:
         """The learned state as JSON bytes (see the module docstring)."""
         return b"".join(self.dump_parts())
 
-    def dump_parts(self) -> Iterator[bytes]:
+    def dump_parts(self) -> Iterator[Part]:
         """:meth:`dump`'s bytes in small pieces (a writer hands the interpreter over between
         two; see :mod:`feedback.jsonparts`). The state must not change meanwhile."""
         size = len(self._ids)
@@ -354,7 +354,7 @@ class Exposure:
         """The learned state as JSON bytes (see the module docstring)."""
         return b"".join(self.dump_parts())
 
-    def dump_parts(self) -> Iterator[bytes]:
+    def dump_parts(self) -> Iterator[Part]:
         """:meth:`dump`'s bytes in small pieces (see :meth:`Popularity.dump_parts`)."""
         users = (
             [user, list(items.items()), list(artists.items())]
@@ -524,7 +524,7 @@ class Transitions:
         """The learned state as JSON bytes (see the module docstring)."""
         return b"".join(self.dump_parts())
 
-    def dump_parts(self) -> Iterator[bytes]:
+    def dump_parts(self) -> Iterator[Part]:
         """:meth:`dump`'s bytes in small pieces (see :meth:`Popularity.dump_parts`)."""
         state = {
             "last": Rows(([user, item, t] for user, (item, t) in self._last.items()), 1024),

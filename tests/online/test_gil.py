@@ -24,11 +24,14 @@ def test_a_yielding_pickle_has_the_bytes_of_a_plain_one_and_offers_the_lock(
     assert len(sleeps) >= len(data) // (128 * 1024) > 1
 
 
-def test_parts_are_written_in_order_with_an_offer_between_two(
+def test_parts_are_written_in_order_with_offers_between_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sleeps: list[float] = []
     monkeypatch.setattr(_gil.time, "sleep", sleeps.append)
-    _gil.write_parts(tmp_path / "f", iter([b"ab", b"", b"cd", b"e"]))
+    _gil.write_parts(tmp_path / "f", iter([b"ab", b"", memoryview(b"xcdx")[1:-1], b"e"]))
     assert (tmp_path / "f").read_bytes() == b"abcde"
-    assert sleeps == [0, 0, 0]
+    assert sleeps == []  # all within one slice: no offer needed
+    monkeypatch.setattr(_gil, "_SLICE_S", 0.0)
+    _gil.write_parts(tmp_path / "f", iter([b"ab", b"cd"]))
+    assert (tmp_path / "f").read_bytes() == b"abcd" and sleeps == [0, 0]
