@@ -37,7 +37,11 @@ class CircuitBreaker:
     """Trips when at least ``failure_rate`` of the last ``window`` calls failed, once it has
     seen ``min_calls``; stays open ``open_s`` seconds; then lets ``half_open_probes`` requests
     through, and closes when fewer than ``failure_rate`` of them fail (opens again as soon as
-    that can no longer happen)."""
+    that can no longer happen).
+
+    ``on_change(old, new)`` is called on every change of state (after the breaker's own lock
+    is released), for metrics and logs: an operator must see when lists stop being the
+    models'."""
 
     def __init__(
         self,
@@ -49,6 +53,7 @@ class CircuitBreaker:
         open_s: float = 10.0,
         half_open_probes: int = 1,
         clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[str, str], None] | None = None,
     ) -> None:
         if window < 1 or half_open_probes < 1 or open_s <= 0:
             raise ValueError("window and half_open_probes must be >= 1, open_s > 0")
@@ -65,7 +70,10 @@ class CircuitBreaker:
         # probe failures that reopen it: the smallest count whose rate reaches failure_rate
         self._probe_failures_to_open = max(1, math.ceil(failure_rate * half_open_probes - 1e-9))
         self._clock = clock
+        self._on_change = on_change
+        self._changes: list[tuple[str, str]] = []  # made under the lock, reported after it
         self._lock = threading.Lock()
+        self._report_lock = threading.Lock()
         self._state = CLOSED
         self._calls: deque[bool] = deque(maxlen=window)  # True: a failure
         self._failures = 0  # failures among _calls
@@ -79,7 +87,25 @@ class CircuitBreaker:
     def state(self) -> str:
         with self._lock:
             self._maybe_half_open()
-            return self._state
+            state = self._state
+        self._report()
+        return state
+
+    def _set(self, state: str) -> None:
+        """Change state (holding the lock); the change is reported by :meth:`_report`."""
+        if state != self._state:
+            self._changes.append((self._state, state))
+            self._state = state
+
+    def _report(self) -> None:
+        if not self._changes:  # read without the lock: a change is reported by its maker
+            return
+        with self._report_lock:  # changes are reported in the order they were made
+            with self._lock:
+                changes, self._changes = self._changes, []
+            if self._on_change is not None:
+                for old, new in changes:
+                    self._on_change(old, new)
 
     @property
     def recent_failure_rate(self) -> float:
@@ -89,7 +115,7 @@ class CircuitBreaker:
 
     def _maybe_half_open(self) -> None:
         if self._state == OPEN and self._clock() - self._opened_at >= self.open_s:
-            self._state = HALF_OPEN
+            self._set(HALF_OPEN)
             self._probes_out = 0
             self._probe_failures = 0
             self._probe_successes = 0
@@ -98,12 +124,12 @@ class CircuitBreaker:
         """May a request use this stage now? (In half-open, only the probes may.)"""
         with self._lock:
             self._maybe_half_open()
-            if self._state == CLOSED:
-                return True
+            allowed = self._state == CLOSED
             if self._state == HALF_OPEN and self._probes_out < self.half_open_probes:
                 self._probes_out += 1
-                return True
-            return False
+                allowed = True
+        self._report()
+        return allowed
 
     def record_success(self) -> None:
         self._record(False)
@@ -113,33 +139,37 @@ class CircuitBreaker:
 
     def _record(self, failed: bool) -> None:
         with self._lock:
-            if self._state == HALF_OPEN:
-                if failed:
-                    self._probe_failures += 1
-                    if self._probe_failures >= self._probe_failures_to_open:
-                        self._trip()
-                else:
-                    self._probe_successes += 1
-                    needed = self.half_open_probes - self._probe_failures_to_open + 1
-                    if self._probe_successes >= needed:
-                        self._state = CLOSED
-                        self._calls.clear()
-                        self._failures = 0
-                return
-            if self._state == OPEN:
-                return  # a call let in before the breaker opened, finishing late
-            if len(self._calls) == self.window and self._calls[0]:
-                self._failures -= 1
-            self._calls.append(failed)
-            self._failures += failed
-            if (
-                len(self._calls) >= self.min_calls
-                and self._failures >= self.failure_rate * len(self._calls) - 1e-9
-            ):
-                self._trip()
+            self._record_locked(failed)
+        self._report()
+
+    def _record_locked(self, failed: bool) -> None:
+        if self._state == HALF_OPEN:
+            if failed:
+                self._probe_failures += 1
+                if self._probe_failures >= self._probe_failures_to_open:
+                    self._trip()
+            else:
+                self._probe_successes += 1
+                needed = self.half_open_probes - self._probe_failures_to_open + 1
+                if self._probe_successes >= needed:
+                    self._set(CLOSED)
+                    self._calls.clear()
+                    self._failures = 0
+            return
+        if self._state == OPEN:
+            return  # a call let in before the breaker opened, finishing late
+        if len(self._calls) == self.window and self._calls[0]:
+            self._failures -= 1
+        self._calls.append(failed)
+        self._failures += failed
+        if (
+            len(self._calls) >= self.min_calls
+            and self._failures >= self.failure_rate * len(self._calls) - 1e-9
+        ):
+            self._trip()
 
     def _trip(self) -> None:
-        self._state = OPEN
+        self._set(OPEN)
         self._opened_at = self._clock()
         self._calls.clear()
         self._failures = 0

@@ -54,6 +54,18 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.breaker_state = Gauge(
+            "segue_breaker_state",
+            "Circuit breaker of each stage: 0 closed, 1 half-open (probing), 2 open (fallback)",
+            ["stage"],
+            registry=r,
+        )
+        self.breaker_transitions = Counter(
+            "segue_breaker_transitions",
+            "Changes of state of each stage's circuit breaker, by the state entered",
+            ["stage", "state"],
+            registry=r,
+        )
         self.queue_wait = Histogram(
             "segue_queue_wait_seconds",
             "How long a list waited for a worker thread (past SEGUE_SERVING_MAX_QUEUE_MS: shed)",

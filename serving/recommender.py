@@ -31,7 +31,7 @@ from typing import Any
 from feedback.events import Context, Decision, SlateEntry
 from online.engine import Engine, as_recommendation
 from online.recommendation import Recommendation
-from serving.breaker import CircuitBreaker
+from serving.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from serving.metrics import Metrics
 from serving.settings import ServingSettings
 
@@ -89,13 +89,38 @@ class Recommender:
                 open_s=settings.breaker_open_s,
                 half_open_probes=settings.breaker_probes,
                 clock=clock_monotonic,
+                on_change=self._breaker_changed(stage),
             )
             for stage in STAGES
         }
+        for stage in STAGES:
+            metrics.breaker_state.labels(stage).set(0)
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="segue-recommend")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _breaker_changed(self, stage: str) -> Callable[[str, str], None]:
+        """Metrics and a log line for each change of ``stage``'s breaker."""
+        codes = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
+        timeout_ms = self.timeouts_s[stage] * 1000
+
+        def changed(old: str, new: str) -> None:
+            self.metrics.breaker_state.labels(stage).set(codes[new])
+            self.metrics.breaker_transitions.labels(stage, new).inc()
+            if new == OPEN:
+                logger.warning(
+                    "%s breaker open (from %s): too many of its calls failed or took over "
+                    "%.0f ms; lists are the popular-now fallback for %.0f s",
+                    stage,
+                    old,
+                    timeout_ms,
+                    self.settings.breaker_open_s,
+                )
+            else:
+                logger.info("%s breaker %s (from %s)", stage, new, old)
+
+        return changed
 
     def _stage(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         breaker = self.breakers[name]

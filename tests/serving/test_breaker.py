@@ -117,3 +117,33 @@ def test_a_late_call_finishing_while_open_changes_nothing():
 def test_bad_settings_are_refused(kw: dict[str, float]):
     with pytest.raises(ValueError, match="must be"):
         make(**kw)
+
+
+def test_every_change_of_state_is_reported_in_order():
+    t = [0.0]
+    changes: list[tuple[str, str]] = []
+    b = CircuitBreaker(
+        "rerank",
+        window=2,
+        min_calls=1,
+        open_s=5,
+        half_open_probes=1,
+        clock=lambda: t[0],
+        on_change=lambda old, new: changes.append((old, new)),
+    )
+    b.record_success()
+    assert changes == []  # no change, no report
+    b.record_failure()
+    t[0] = 5.0
+    assert b.allow()
+    b.record_failure()  # the probe fails: open again
+    t[0] = 10.0
+    assert b.allow()
+    b.record_success()
+    assert changes == [
+        (CLOSED, OPEN),
+        (OPEN, HALF_OPEN),
+        (HALF_OPEN, OPEN),
+        (OPEN, HALF_OPEN),
+        (HALF_OPEN, CLOSED),
+    ]

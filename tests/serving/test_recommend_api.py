@@ -139,7 +139,9 @@ def test_bad_requests_get_a_422_naming_the_field(client: TestClient, body: dict,
 
 
 def test_a_failing_stage_is_a_fallback_and_then_the_breaker_opens_and_recovers(
-    make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+    make_client: Callable[..., TestClient],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ):
     client = make_client(
         embedding_dim=8,
@@ -166,6 +168,16 @@ def test_a_failing_stage_is_a_fallback_and_then_the_breaker_opens_and_recovers(
         "relevance_breaker_open",
         "relevance_breaker_open",
     ]
+    # an operator sees it: the breaker's state and its changes are metrics, the opening a
+    # warning in the log
+    metrics = client.get("/metrics").text
+    assert 'segue_breaker_state{stage="relevance"} 2.0' in metrics
+    assert 'segue_breaker_state{stage="candidates"} 0.0' in metrics
+    assert 'segue_breaker_transitions_total{stage="relevance",state="open"} 1.0' in metrics
+    assert any(
+        r.levelname == "WARNING" and "relevance breaker open" in r.getMessage()
+        for r in caplog.records
+    )
     monkeypatch.undo()
     time.sleep(0.6)  # the breaker half-opens; the probe succeeds and it closes
     assert client.post("/v1/recommend", json={"user_id": "u", "k": 10}).json()["fallback"] is None
