@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -79,9 +78,6 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # process-wide: set while this service runs, restored when it stops
-        interval = sys.getswitchinterval()
-        sys.setswitchinterval(settings.serving.switch_interval_ms / 1000)
         if embedded_learner:
             services.start_learner()
         else:
@@ -92,7 +88,6 @@ def create_app(
         finally:
             services.recommender.close()
             services.close()
-            sys.setswitchinterval(interval)
 
     app = FastAPI(
         title="segue",

@@ -72,13 +72,6 @@ class ServingSettings(BaseSettings):
     breaker_open_s: float = Field(10.0, gt=0)
     """How long an open breaker sends every request to the fallback before probing."""
 
-    switch_interval_ms: float = Field(1.0, gt=0, le=100)
-    """The interpreter's thread switch interval while the service runs (Python's default is
-    5 ms). A request thread that releases the interpreter lock (every ANN search, every lock
-    it waits for) gets it back only when the thread holding it (the learner, the feedback
-    intake, another list) reaches this interval. At 1M items with a quarter of the lists fed
-    back, 1 ms halved the stage times against 5 ms (BENCHMARKS.md)."""
-
     workers: int = Field(4, ge=1, le=64)
     """Threads computing lists (the models hold one lock; more threads absorb slow stages)."""
 
