@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving import feedback_api, recommend_api
+from serving.logs import configure_logging
 from serving.metrics import Metrics
 from serving.services import Services, get_services
 from serving.settings import Settings, load_settings
@@ -53,6 +54,7 @@ def worker_app() -> FastAPI:
     ``segue learn``), the heap frozen once built as in the single-process service."""
     from online.heap import HeapGuard, freeze_heap
 
+    configure_logging()  # a fresh process: the parent's logging is not inherited
     settings = load_settings()
     app = create_app(settings, embedded_learner=False)
     freeze_heap()

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from serving.logs import configure_logging
 from serving.settings import SettingsError, load_settings
 
 learn_app = typer.Typer(add_completion=False)
@@ -47,7 +48,7 @@ def learn(
     from snapshots import CutSchedule, SnapshotStore
     from snapshots.guard import PromotionGuard
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    configure_logging(log_level)
     try:
         settings = load_settings()
     except SettingsError as exc:

@@ -34,14 +34,16 @@ def serve(
             "worker's lists reach the learner and every play shapes the next list anywhere.",
         ),
     ] = 1,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    log_level: Annotated[str, typer.Option(help="Log level of uvicorn and segue.")] = "info",
 ) -> None:
     """Run the HTTP service. Example: segue serve --port 8000 --demo"""
     import uvicorn
 
     from online.heap import HeapGuard, freeze_heap
     from serving.app import create_app
+    from serving.logs import configure_logging
 
+    configure_logging(log_level)
     try:
         settings = load_settings()
     except SettingsError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from online.learner import Learner
 from serving.cli import app
 from snapshots import SnapshotStore
 from tests.online.conftest import T0, World, make_engine
+from tests.serving.live import live_server
 
 runner = CliRunner()
 
@@ -162,3 +164,19 @@ def test_the_event_log_exports_to_what_replay_reads(data_dir: Path, tmp_path: Pa
     assert r.exit_code == 0, r.output
     summary = (out / "summary.csv").read_text()
     assert "random" in summary and "popular" in summary
+
+
+def test_segue_serve_logs_its_own_lines_with_time_and_level(tmp_path: Path):
+    """An operator reads what the service did (here: generating the demo catalog) in its
+    log, with a time stamp and a level, not only uvicorn's lines."""
+    with live_server(
+        tmp_path / "data",
+        env={"SEGUE_SERVING_DEMO_ITEMS": "300"},
+        args=("--demo", "--log-level", "info"),
+    ) as (_, proc):
+        # live: the catalog was generated before the port opened
+        proc.terminate()
+        proc.wait(30)
+        out = proc.stdout.read().decode() if proc.stdout else ""
+    line = next(x for x in out.splitlines() if "generating a demo catalog" in x)
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO segue\.serving ", line), line
