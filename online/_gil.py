@@ -11,6 +11,7 @@ hands it over at once.
 from __future__ import annotations
 
 import pickle
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import IO, Any
 
 from feedback.jsonparts import Part
 
-__all__ = ["YieldingFile", "dump_pickle", "write_parts", "yielding"]
+__all__ = ["TimedRLock", "YieldingFile", "dump_pickle", "write_parts", "yielding"]
 
 _SLICE_S = 0.002  # longest stretch a writer runs before it offers the interpreter lock
 
@@ -66,3 +67,40 @@ def dump_pickle(obj: Any, path: Path) -> None:
     """``pickle.dump(obj)`` into ``path``, offering the interpreter lock as it goes."""
     with Path(path).open("wb") as f:
         pickle.dump(obj, YieldingFile(f), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class TimedRLock:
+    """A re-entrant lock that adds up, per thread, how long the thread waited to take it.
+
+    The engine's lock: a request's stage that waited 100 ms behind other lists (while a
+    snapshot cut took half the interpreter) is slow because the process is busy, not because
+    the stage is broken. The circuit breakers judge a stage's own time, its elapsed time less
+    :meth:`waited` (see ``serving.recommender``); the list's budget still counts it all.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._local = threading.local()
+
+    def waited(self) -> float:
+        """Seconds this thread has waited for the lock so far (compare two readings)."""
+        return getattr(self._local, "waited", 0.0)
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self._lock.acquire(blocking=False):  # free (or ours already): no clock read
+            return True
+        if not blocking:
+            return False
+        started = time.perf_counter()
+        got = self._lock.acquire(timeout=timeout)
+        self._local.waited = self.waited() + time.perf_counter() - started
+        return got
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()

@@ -21,7 +21,8 @@ co-visitation and sessions update alongside; the ANN index follows the moving it
 (:meth:`Engine.refresh_index`).
 
 Concurrency: VW and hnswlib are not thread-safe, so every method that reads or writes model
-state holds ``self.lock`` (an ``RLock``). The learner holds it for small chunks of events, so a
+state holds ``self.lock`` (an ``RLock`` that times each thread's waits for it,
+:class:`online._gil.TimedRLock`). The learner holds it for small chunks of events, so a
 request waits at most one chunk. The ANN indexes have their own readers-writer locks: a
 request searches them, and the learner re-links moved vectors, outside ``self.lock``.
 """
@@ -49,7 +50,7 @@ from feedback.attribution import DecisionOutcome, JoinOutput, RewardJoiner
 from feedback.decisions import DecisionLog, InMemoryDecisionLog
 from feedback.events import Context, Decision, Event, SlateEntry
 from feedback.rewards import RewardFunction
-from online._gil import write_parts, yielding
+from online._gil import TimedRLock, write_parts, yielding
 from online.bandit import BanditReranker, CandidateColumns
 from online.catalog import Catalog, CatalogView
 from online.decay import decay_weight
@@ -426,7 +427,7 @@ class Engine:
         self.settings = settings or EngineSettings()
         self.learner_settings = learner or LearnerSettings()
         s, ls = self.settings, self.learner_settings
-        self.lock = threading.RLock()
+        self.lock = TimedRLock()  # an RLock that times each thread's waits for it
         self._now = 0.0  # latest time seen (event time or request time): the engine's clock
         self.decisions: DecisionLog = decisions or InMemoryDecisionLog(
             ttl_s=ls.decision_ttl_s, max_entries=500_000, clock=lambda: self._now

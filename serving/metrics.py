@@ -54,6 +54,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.stage_lock_wait = Histogram(
+            "segue_stage_lock_wait_seconds",
+            "Time each recommendation stage waited for the engine lock (other lists, the "
+            "learner): part of segue_stage_seconds, not judged by the circuit breakers",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.breaker_state = Gauge(
             "segue_breaker_state",
             "Circuit breaker of each stage: 0 closed, 1 half-open (probing), 2 open (fallback)",

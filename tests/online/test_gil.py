@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -35,3 +37,34 @@ def test_parts_are_written_in_order_with_offers_between_them(
     monkeypatch.setattr(_gil, "_SLICE_S", 0.0)
     _gil.write_parts(tmp_path / "f", iter([b"ab", b"cd"]))
     assert (tmp_path / "f").read_bytes() == b"abcd" and sleeps == [0, 0]
+
+
+def test_the_timed_lock_adds_up_each_threads_waits_only() -> None:
+    lock = _gil.TimedRLock()
+    with lock, lock:  # free, then re-entered: no wait
+        pass
+    assert lock.waited() == 0.0
+    held = threading.Event()
+    waits: list[float] = []
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            time.sleep(0.2)
+
+    def wait() -> None:
+        with lock:
+            waits.append(lock.waited())
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait()
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    holder.join()
+    waiter.join()
+    assert waits[0] > 0.1  # it waited most of the holder's 0.2 s
+    assert lock.waited() == 0.0  # this thread's own sum did not move
+    assert lock.acquire(timeout=1) and lock.acquire(blocking=False)
+    lock.release()
+    lock.release()

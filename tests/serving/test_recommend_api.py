@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -214,6 +215,53 @@ def test_a_slow_stage_answers_within_budget_with_a_fallback(
     assert scored == []  # the late list stopped after its stage: no work for nobody
     monkeypatch.undo()
     assert client.post("/v1/recommend", json={"user_id": "u", "k": 10}).json()["fallback"] is None
+
+
+def test_waiting_for_the_engine_lock_is_not_a_stage_failure_but_own_slowness_is(
+    make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+):
+    """A list that waited for the engine lock (other lists, a snapshot cut) past a stage's
+    timeout is still served and does not open the breaker; a stage slow by itself does."""
+    client = make_client(
+        embedding_dim=8,
+        serving=ServingSettings(
+            budget_ms=5000, candidates_timeout_ms=50, breaker_window=1, breaker_min_calls=1
+        ),
+    )
+    client.post("/v1/items", json={"items": items(100)})
+    engine = engine_of(client)
+    held = threading.Event()
+
+    def hold() -> None:
+        with engine.lock:
+            held.set()
+            time.sleep(0.3)  # six times the stage's timeout
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait()
+    body = client.post("/v1/recommend", json={"user_id": "u", "k": 10}).json()
+    holder.join()
+    assert body["fallback"] is None and len(body["items"]) == 10
+    recommender = client.app.state.services.recommender  # type: ignore[attr-defined]
+    assert recommender.breakers["candidates"].state == "closed"
+    metrics = client.get("/metrics").text
+    waited = next(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith('segue_stage_lock_wait_seconds_sum{stage="candidates"}')
+    )
+    assert waited >= 0.2  # the wait was seen, and left out of the verdict
+
+    real = engine.candidates
+
+    def slow(*args: object, **kwargs: object):
+        time.sleep(0.3)  # slow on its own, no lock involved
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "candidates", slow)
+    client.post("/v1/recommend", json={"user_id": "u", "k": 10})
+    assert recommender.breakers["candidates"].state == "open"
 
 
 def test_lists_that_waited_too_long_for_a_worker_are_shed_not_computed(
