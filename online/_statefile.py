@@ -11,11 +11,19 @@ from typing import Any
 from online._gil import dump_pickle
 
 
-def write_state(path: Path, fmt: str, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` under the format tag ``fmt``."""
-    # a pickle of the relevance model at a million items takes 100-300 ms: written through a
-    # file that hands the interpreter lock to request threads between its frames
-    dump_pickle({"format": fmt, **state}, path)
+def write_state(path: Path, fmt: str, state: dict[str, Any], *, offer: bool = True) -> None:
+    """Write ``state`` to ``path`` under the format tag ``fmt``.
+
+    ``offer``: hand the interpreter lock to request threads between the pickle's frames (a
+    pickle of the relevance model at a million items takes 100-300 ms). Not while holding a
+    lock requests wait for: offering it there only holds that lock longer.
+    """
+    data = {"format": fmt, **state}
+    if offer:
+        dump_pickle(data, path)
+        return
+    with Path(path).open("wb") as f:
+        pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def read_state(path: Path, fmt: str, what: str) -> dict[str, Any]:

@@ -776,7 +776,7 @@ class BanditReranker:
             "vw_model": vw_bytes,
             "vw_version": vowpalwabbit.__version__,
         }
-        write_state(path, _FORMAT, state)
+        write_state(path, _FORMAT, state, offer=False)  # the engine saves it under its lock
 
     @classmethod
     def load(cls, path: Path) -> BanditReranker:
