@@ -73,6 +73,7 @@ True
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -84,6 +85,9 @@ import hnswlib
 import numpy as np
 
 FORMAT_VERSION = 1
+
+
+logger = logging.getLogger("segue.retrieval")
 
 
 class RetrieverFormatError(ValueError):
@@ -509,11 +513,23 @@ class HNSWRetriever(_ExactVectors):
         self, ids: np.ndarray, vectors: np.ndarray, budget_s: float | None = None
     ) -> int:
         """Write ``ids`` in slices; with ``budget_s``, stop once it is spent. Returns how
-        many were written (the first ones)."""
-        if self._index is None or ids.size > max(self._n_live, self.write_batch):
-            # bulk path: build a fresh graph beside the serving one, then swap it in
+        many were written (the first ones).
+
+        Without a budget, a write larger than the graph builds a fresh graph beside the
+        serving one (all of ``num_threads``, as long as it takes). With one, it never does:
+        a budgeted refresh bringing more items than a young index held rebuilt the graph on
+        both cores of a 2-core service for seconds, and every list slowed down meanwhile.
+        """
+        if budget_s is None and (
+            self._index is None or ids.size > max(self._n_live, self.write_batch)
+        ):
             self._rebuild(ids, vectors)
             return int(ids.size)
+        if self._index is None:
+            index = self._new_graph(self.capacity)
+            with self._lock.write():
+                self._index = index
+                self._lock.forget_ef()
         deadline = None if budget_s is None else time.perf_counter() + budget_s
         start = 0
         while start < ids.size:
@@ -562,20 +578,21 @@ class HNSWRetriever(_ExactVectors):
         with self._writer:
             index = self._index
             shift = np.full(ids.size, np.inf)  # how far each moved from its linked vector
-            if index is None or tolerance <= 0:
-                relink = np.ones(ids.size, dtype=bool)
-            else:
+            linked = np.zeros(ids.size, dtype=bool)
+            if index is not None:
                 inside = ids < self._in_graph.size
-                linked = np.zeros(ids.size, dtype=bool)
                 linked[inside] = self._in_graph[ids[inside]] & self._table.live[ids[inside]]
-                relink = ~linked
-                if linked.any():
-                    # only writers change the graph and this one holds `_writer`
-                    old = index.get_items(ids[linked], return_type="numpy").astype(np.float32)
-                    moved = np.linalg.norm(vectors[linked] - old, axis=1)
-                    scale = np.maximum(np.linalg.norm(old, axis=1), 1e-12)
-                    shift[linked] = moved / scale
-                    relink[linked] = shift[linked] > tolerance
+            relink = ~linked
+            if linked.any() and tolerance <= 0:
+                relink[linked] = True  # every id, new ones first
+                shift[linked] = 0.0
+            elif linked.any() and index is not None:
+                # only writers change the graph and this one holds `_writer`
+                old = index.get_items(ids[linked], return_type="numpy").astype(np.float32)
+                moved = np.linalg.norm(vectors[linked] - old, axis=1)
+                scale = np.maximum(np.linalg.norm(old, axis=1), 1e-12)
+                shift[linked] = moved / scale
+                relink[linked] = shift[linked] > tolerance
             near = ~relink
             if near.any():
                 with self._lock.write():
@@ -627,6 +644,19 @@ class HNSWRetriever(_ExactVectors):
         with self._writer:
             self._rebuild()
 
+    def _new_graph(self, slots: int) -> hnswlib.Index:
+        """An empty graph of ``slots`` slots with this retriever's parameters."""
+        index = hnswlib.Index(space="ip", dim=self.dim)
+        index.init_index(
+            max_elements=max(slots, 1),
+            M=self.M,
+            ef_construction=self.ef_construction,
+            random_seed=self.seed,
+        )
+        index.set_num_threads(self.num_threads)
+        index.set_ef(self.ef)
+        return index
+
     def _rebuild(
         self, new_ids: np.ndarray | None = None, new_vectors: np.ndarray | None = None
     ) -> None:
@@ -641,18 +671,17 @@ class HNSWRetriever(_ExactVectors):
             keep = ~np.isin(ids, new_ids)
             ids = np.concatenate([ids[keep], new_ids])
             vectors = np.concatenate([vectors[keep], new_vectors])
-        index = hnswlib.Index(space="ip", dim=self.dim)
-        index.init_index(
-            max_elements=max(self.capacity, int(ids.size * self.growth), 1),
-            M=self.M,
-            ef_construction=self.ef_construction,
-            random_seed=self.seed,
-        )
-        index.set_num_threads(self.num_threads)
+        began = time.perf_counter()
+        index = self._new_graph(max(self.capacity, int(ids.size * self.growth)))
         for start in range(0, ids.size, 65_536):
             stop = start + 65_536
             index.add_items(vectors[start:stop], ids[start:stop], num_threads=self.num_threads)
-        index.set_ef(self.ef)
+        logger.info(
+            "HNSW graph rebuilt: %d vectors in %.1f s on %d threads",
+            ids.size,
+            time.perf_counter() - began,
+            self.num_threads,
+        )
         with self._lock.write():
             if new_ids is not None and new_vectors is not None:
                 self._table.ensure(int(new_ids.max()))

@@ -391,6 +391,42 @@ def test_write_slices_are_sized_to_the_time_one_should_take(data, monkeypatch):
     assert sum(sizes) == 1_500 and max(sizes) == 500, sizes
 
 
+def test_a_budgeted_refresh_never_rebuilds_the_graph_even_into_a_young_index(data, monkeypatch):
+    """An index that holds few items, refreshed with many more, links them a budget at a
+    time instead of rebuilding the whole graph on every thread (which took both cores of a
+    serving machine for seconds); an unbudgeted upsert still builds in bulk. The result
+    answers as the exact retriever does."""
+    vectors, queries = data
+    real = HNSWRetriever._upsert_slice
+    clock = [0.0]
+
+    def slice_costs_a_second(self: HNSWRetriever, ids: np.ndarray, vecs: np.ndarray) -> None:
+        real(self, ids, vecs)
+        clock[0] += 1.0  # a simulated clock: every slice spends one second of the budget
+
+    monkeypatch.setattr(HNSWRetriever, "_upsert_slice", slice_costs_a_second)
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    for young in (0, 10):  # empty, then smaller than the refresh
+        hnsw = HNSWRetriever(DIM, ef=EF, seed=0, num_threads=1, write_batch=100, write_slice_s=1e6)
+        hnsw._per_write_s = 1e-9  # slices of write_batch
+        if young:
+            hnsw.upsert(np.arange(young), vectors[:young])
+        rounds = 0
+        while not hnsw.stored(np.arange(2_000))[1].all():
+            done = hnsw.refresh(np.arange(2_000), vectors[:2_000], budget_s=2.5)
+            assert done == 300  # three slices of 100 before the budget ran out
+            rounds += 1
+        assert hnsw.stats["rebuilds"] == (1 if young else 0)  # only the unbudgeted upsert
+        assert rounds == -(-(2_000 - young) // 300)
+        oracle = BruteForceRetriever(DIM)
+        oracle.upsert(np.arange(2_000), vectors[:2_000])
+        got, _ = hnsw.query(queries[0], k=10)
+        assert np.array_equal(got, oracle.query(queries[0], k=10)[0])
+    bulk = HNSWRetriever(DIM, ef=EF, seed=0, num_threads=1)
+    bulk.upsert(np.arange(2_000), vectors[:2_000])
+    assert bulk.stats["rebuilds"] == 1
+
+
 def test_a_refresh_over_its_time_budget_links_new_ids_first_and_keeps_scores_exact(
     data, monkeypatch
 ):
