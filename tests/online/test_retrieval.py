@@ -391,21 +391,28 @@ def test_write_slices_are_sized_to_the_time_one_should_take(data, monkeypatch):
     assert sum(sizes) == 1_500 and max(sizes) == 500, sizes
 
 
-def test_a_budgeted_refresh_never_rebuilds_the_graph_even_into_a_young_index(data, monkeypatch):
-    """An index that holds few items, refreshed with many more, links them a budget at a
-    time instead of rebuilding the whole graph on every thread (which took both cores of a
-    serving machine for seconds); an unbudgeted upsert still builds in bulk. The result
-    answers as the exact retriever does."""
-    vectors, queries = data
+@pytest.fixture
+def slices_cost_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A simulated clock: every write slice spends one second of a refresh's budget."""
     real = HNSWRetriever._upsert_slice
     clock = [0.0]
 
     def slice_costs_a_second(self: HNSWRetriever, ids: np.ndarray, vecs: np.ndarray) -> None:
         real(self, ids, vecs)
-        clock[0] += 1.0  # a simulated clock: every slice spends one second of the budget
+        clock[0] += 1.0
 
     monkeypatch.setattr(HNSWRetriever, "_upsert_slice", slice_costs_a_second)
     monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+
+
+def test_a_budgeted_refresh_never_rebuilds_the_graph_even_into_a_young_index(
+    data, slices_cost_a_second
+):
+    """An index that holds few items, refreshed with many more, links them a budget at a
+    time instead of rebuilding the whole graph on every thread (which took both cores of a
+    serving machine for seconds); an unbudgeted upsert still builds in bulk. The result
+    answers as the exact retriever does."""
+    vectors, queries = data
     for young in (0, 10):  # empty, then smaller than the refresh
         hnsw = HNSWRetriever(DIM, ef=EF, seed=0, num_threads=1, write_batch=100, write_slice_s=1e6)
         hnsw._per_write_s = 1e-9  # slices of write_batch
@@ -428,7 +435,7 @@ def test_a_budgeted_refresh_never_rebuilds_the_graph_even_into_a_young_index(dat
 
 
 def test_a_refresh_over_its_time_budget_links_new_ids_first_and_keeps_scores_exact(
-    data, monkeypatch
+    data, slices_cost_a_second
 ):
     """With ``budget_s``, a refresh stops linking once the time is spent: new ids first,
     then the farthest-moved; a moved id left out is still scored with its new vector, new
@@ -438,15 +445,6 @@ def test_a_refresh_over_its_time_budget_links_new_ids_first_and_keeps_scores_exa
     vectors, queries = data
     hnsw = HNSWRetriever(DIM, ef=EF, seed=0, num_threads=1, write_batch=20, write_slice_s=1e6)
     hnsw.upsert(np.arange(3_000), vectors[:3_000])
-    real = HNSWRetriever._upsert_slice
-    clock = [0.0]
-
-    def slice_costs_a_second(self: HNSWRetriever, ids: np.ndarray, vecs: np.ndarray) -> None:
-        real(self, ids, vecs)
-        clock[0] += 1.0  # a simulated clock: every slice spends one second of the budget
-
-    monkeypatch.setattr(HNSWRetriever, "_upsert_slice", slice_costs_a_second)
-    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
     rng = np.random.default_rng(5)
     moved = np.arange(0, 400, 2)
     new_vectors = vectors[moved] + rng.normal(0, 1.0, size=(moved.size, DIM)).astype(np.float32)
