@@ -63,10 +63,11 @@ class YieldingFile:
         return n
 
 
-def dump_pickle(obj: Any, path: Path) -> None:
-    """``pickle.dump(obj)`` into ``path``, offering the interpreter lock as it goes."""
+def dump_pickle(obj: Any, path: Path, *, offer: bool = True) -> None:
+    """``pickle.dump(obj)`` into ``path``; ``offer``: offering the interpreter lock as it goes
+    (not while holding a lock request threads wait for: that only holds it longer)."""
     with Path(path).open("wb") as f:
-        pickle.dump(obj, YieldingFile(f), protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(obj, YieldingFile(f) if offer else f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class TimedRLock:

@@ -18,12 +18,7 @@ def write_state(path: Path, fmt: str, state: dict[str, Any], *, offer: bool = Tr
     pickle of the relevance model at a million items takes 100-300 ms). Not while holding a
     lock requests wait for: offering it there only holds that lock longer.
     """
-    data = {"format": fmt, **state}
-    if offer:
-        dump_pickle(data, path)
-        return
-    with Path(path).open("wb") as f:
-        pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
+    dump_pickle({"format": fmt, **state}, path, offer=offer)
 
 
 def read_state(path: Path, fmt: str, what: str) -> dict[str, Any]:
