@@ -184,6 +184,30 @@ def test_a_failing_stage_is_a_fallback_and_then_the_breaker_opens_and_recovers(
     assert 'segue_recommendations_total{fallback="relevance_failed"} 2.0' in metrics
 
 
+def test_the_fallback_is_popular_now_without_excluded_or_unavailable_items(
+    make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+):
+    client = make_client(embedding_dim=8, serving=ServingSettings(breaker_min_calls=50))
+    client.post("/v1/items", json={"items": items(100)})
+    engine = engine_of(client)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("model file is corrupt")
+
+    monkeypatch.setattr(engine, "score", broken)
+    first = client.post("/v1/recommend", json={"user_id": "u", "k": 12}).json()
+    assert first["fallback"] == "relevance_failed"
+    popular = [x["item_id"] for x in first["items"]]
+    assert len(popular) == 12
+    assert client.delete(f"/v1/items/{popular[1]}").status_code == 204
+    body = client.post(
+        "/v1/recommend", json={"user_id": "u", "k": 10, "exclude": [popular[0]]}
+    ).json()
+    assert body["fallback"] == "relevance_failed"
+    assert [x["item_id"] for x in body["items"]] == popular[2:12]
+    assert [x["propensity"] for x in body["items"]] == [1.0] * 10
+
+
 def test_a_slow_stage_answers_within_budget_with_a_fallback(
     make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
 ):
