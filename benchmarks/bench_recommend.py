@@ -621,6 +621,13 @@ def main() -> None:
                         metric_value(before, "segue_learner_events_total")
                     )
                     rec["cuts"] = snapshot_count(data) - cuts_before
+                    cut_n = metric_value(after, "segue_snapshot_cut_seconds_count") - (
+                        metric_value(before, "segue_snapshot_cut_seconds_count")
+                    )
+                    cut_s = metric_value(after, "segue_snapshot_cut_seconds_sum") - (
+                        metric_value(before, "segue_snapshot_cut_seconds_sum")
+                    )
+                    rec["cut_mean_s"] = cut_s / cut_n if cut_n else 0.0
                     base = timed(port, "/v1/model", None, rate, args)
                     rss = max(rss, tree_rss_mb(proc.pid))
                     rows.append(
@@ -638,7 +645,7 @@ def main() -> None:
                         + (
                             f" | feedback: {rec['feedback_events']} events posted "
                             f"({rec['feedback_errors']} refused), {rec['learned']:.0f} learned, "
-                            f"{rec['cuts']} snapshot cuts"
+                            f"{rec['cuts']} snapshot cuts (mean {rec['cut_mean_s']:.2f} s)"
                             if args.feedback_share > 0
                             else ""
                         ),

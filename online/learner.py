@@ -50,6 +50,7 @@ class StepReport:
     bandit_samples: int = 0
     indexed: int = 0
     cut: CommitResult | None = None
+    cut_s: float = 0.0  # seconds the cut took, if one was made
     swapped_to: str | None = None
 
 
@@ -183,7 +184,9 @@ class Learner:
         if self.schedule is not None:
             self.schedule.record(len(batch))
             if self.schedule.due() and self._events_since_cut:
+                started = time.perf_counter()
                 report.cut = self.cut()
+                report.cut_s = time.perf_counter() - started
         return self._report(report)
 
     def _store_outcomes(self) -> None:

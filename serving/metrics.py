@@ -99,6 +99,12 @@ class Metrics:
             "Age (wall clock) of the oldest event in the log the learner has not learned",
             registry=r,
         )
+        self.snapshot_cut = Histogram(
+            "segue_snapshot_cut_seconds",
+            "How long each snapshot cut took the learner (writing, hashing, fsync, commit)",
+            buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+            registry=r,
+        )
         self.model_info = Gauge(
             "segue_model_version_info", "The model version being served", ["version"], registry=r
         )

@@ -273,6 +273,8 @@ class Services:
     def _after_step(self, learner: Learner, report: StepReport) -> None:
         if report.events:
             self.metrics.learner_events.inc(report.events)
+        if report.cut is not None:
+            self.metrics.snapshot_cut.observe(report.cut_s)
         if report.events or self._popular_version != self.catalog.version:
             self.refresh_popular()
         try:

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from online.engine import Engine
 from serving.settings import ServingSettings
+from snapshots.settings import SnapshotSettings
 from tests.serving.conftest import NOW
 
 NOW_MS = int(NOW * 1000)
@@ -105,6 +106,40 @@ def test_the_full_loop_impressions_and_plays_are_learned(client: TestClient):
     # the played item is not recommended again right away (session)
     again = client.post("/v1/recommend", json={"user_id": "u1", "k": 20}).json()
     assert rec["items"][0]["item_id"] not in {i["item_id"] for i in again["items"]}
+
+
+def test_the_service_cuts_snapshots_as_it_learns_and_times_them(
+    make_client: Callable[..., TestClient],
+):
+    client = make_client(embedding_dim=8, snapshot=SnapshotSettings(every_events=1))
+    client.post("/v1/items", json={"items": items(100)})
+    rec = client.post("/v1/recommend", json={"user_id": "u1", "k": 5}).json()
+    events = [
+        {
+            "event_id": f"i{pos}",
+            "type": "impression",
+            "user_id": "u1",
+            "item_id": item["item_id"],
+            "timestamp": NOW_MS,
+            "request_id": rec["request_id"],
+            "position": pos,
+        }
+        for pos, item in enumerate(rec["items"])
+    ]
+    assert client.post("/v1/feedback", json={"events": events}).json()["accepted"] == 5
+    deadline = time.monotonic() + 30
+    cuts = 0.0
+    while time.monotonic() < deadline and not cuts:
+        metrics = client.get("/metrics").text
+        cuts = next(
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith("segue_snapshot_cut_seconds_count")
+        )
+        time.sleep(0.05)
+    assert cuts >= 1
+    version = client.get("/v1/model").json()["model_version"]
+    assert version.startswith("v000001-")  # the first cut is what is served now
 
 
 def test_exclusions_per_artist_limit_and_explore_false(client: TestClient):
