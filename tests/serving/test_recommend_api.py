@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pytest
@@ -44,6 +45,22 @@ def client(make_client: Callable[..., TestClient]) -> TestClient:
     return c
 
 
+def impressions_of(rec: dict[str, Any], user: str) -> list[dict[str, Any]]:
+    """The impression events of every item of the list ``rec`` shown to ``user``."""
+    return [
+        {
+            "event_id": f"i{pos}",
+            "type": "impression",
+            "user_id": user,
+            "item_id": item["item_id"],
+            "timestamp": NOW_MS,
+            "request_id": rec["request_id"],
+            "position": pos,
+        }
+        for pos, item in enumerate(rec["items"])
+    ]
+
+
 def engine_of(client: TestClient) -> Engine:
     return client.app.state.services.engine  # type: ignore[attr-defined,no-any-return]
 
@@ -68,19 +85,7 @@ def test_a_listener_never_seen_gets_a_list_and_a_request_id(client: TestClient):
 
 def test_the_full_loop_impressions_and_plays_are_learned(client: TestClient):
     rec = client.post("/v1/recommend", json={"user_id": "u1", "k": 5}).json()
-    events = []
-    for pos, item in enumerate(rec["items"]):
-        events.append(
-            {
-                "event_id": f"i{pos}",
-                "type": "impression",
-                "user_id": "u1",
-                "item_id": item["item_id"],
-                "timestamp": NOW_MS,
-                "request_id": rec["request_id"],
-                "position": pos,
-            }
-        )
+    events = impressions_of(rec, "u1")
     events.append(
         {
             "event_id": "p0",
@@ -114,18 +119,7 @@ def test_the_service_cuts_snapshots_as_it_learns_and_times_them(
     client = make_client(embedding_dim=8, snapshot=SnapshotSettings(every_events=1))
     client.post("/v1/items", json={"items": items(100)})
     rec = client.post("/v1/recommend", json={"user_id": "u1", "k": 5}).json()
-    events = [
-        {
-            "event_id": f"i{pos}",
-            "type": "impression",
-            "user_id": "u1",
-            "item_id": item["item_id"],
-            "timestamp": NOW_MS,
-            "request_id": rec["request_id"],
-            "position": pos,
-        }
-        for pos, item in enumerate(rec["items"])
-    ]
+    events = impressions_of(rec, "u1")
     assert client.post("/v1/feedback", json={"events": events}).json()["accepted"] == 5
     deadline = time.monotonic() + 30
     cuts = 0.0
