@@ -27,8 +27,8 @@
 --workers N --no-learner`` (N processes on one port) with ``segue learn`` as its own process,
 lists and sessions in Redis (127.0.0.1:6379, database 14, a key prefix of its own, removed
 afterwards). The warm-up then waits until every worker serves a snapshot that includes all
-warm-up events; CPU and memory are summed over the service's processes; stage times come
-from the one worker the metrics connection reaches (a sample of the lists).
+warm-up events; CPU and memory are summed over the service's processes; stage times are
+every worker's (the service sums its workers' histograms).
 
 ``--feedback-share F`` makes the client post the impressions and outcomes of a share F of the
 lists it is served during each timed window (the learner then works while lists are

@@ -57,6 +57,7 @@ def worker_app() -> FastAPI:
     configure_logging()  # a fresh process: the parent's logging is not inherited
     settings = load_settings()
     app = create_app(settings, embedded_learner=False)
+    app.state.services.metrics.forget_dead_workers()
     freeze_heap()
     HeapGuard(settings.gc_reclaim_s).start()
     return app

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Annotated, Any
 
 import typer
@@ -68,8 +70,12 @@ def serve(
         if problem:
             typer.echo(problem, err=True)
             raise typer.Exit(2)
-        # each worker builds its own app (catalog, models, index) in its own process
-        uvicorn.run("serving.app:worker_app", factory=True, workers=workers, **listen)
+        # each worker builds its own app (catalog, models, index) in its own process; their
+        # metrics meet in files of a directory of this run (serving.metrics), set before the
+        # workers start and removed when the service stops
+        with tempfile.TemporaryDirectory(prefix="segue-metrics-") as shared:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared
+            uvicorn.run("serving.app:worker_app", factory=True, workers=workers, **listen)
         return
     app = create_app(settings, demo=demo, embedded_learner=learner)
     freeze_heap()

@@ -1,14 +1,29 @@
-"""Prometheus metrics of one app instance (its own registry: no import-time globals)."""
+"""Prometheus metrics of one app instance (its own registry: no import-time globals).
+
+``segue serve --workers N`` runs N processes behind one port, and a scrape reaches one of
+them. There the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers start, each
+worker's values go to files in it (prometheus_client's multiprocess mode), and ``/metrics``
+from any worker sums the counters and histograms of all of them; gauges are per worker
+(a ``pid`` label), and a worker that starts forgets the gauges of workers that died.
+"""
 
 from __future__ import annotations
 
 import bisect
 import gc
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -21,6 +36,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # set by `segue serve --workers N` before the workers start (see the module doc)
+        self.shared_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        self._version: str | None = None
         self.events_accepted = Counter(
             "segue_feedback_events_accepted",
             "Events newly stored in the event log",
@@ -66,6 +84,7 @@ class Metrics:
             "segue_breaker_state",
             "Circuit breaker of each stage: 0 closed, 1 half-open (probing), 2 open (fallback)",
             ["stage"],
+            multiprocess_mode="liveall",
             registry=r,
         )
         self.breaker_transitions = Counter(
@@ -92,11 +111,13 @@ class Metrics:
         self.learner_lag_events = Gauge(
             "segue_learner_lag_events",
             "Events in the log the learner has not learned yet",
+            multiprocess_mode="liveall",
             registry=r,
         )
         self.learner_lag_seconds = Gauge(
             "segue_learner_lag_seconds",
             "Age (wall clock) of the oldest event in the log the learner has not learned",
+            multiprocess_mode="liveall",
             registry=r,
         )
         self.snapshot_cut = Histogram(
@@ -106,14 +127,58 @@ class Metrics:
             registry=r,
         )
         self.model_info = Gauge(
-            "segue_model_version_info", "The model version being served", ["version"], registry=r
+            "segue_model_version_info",
+            "The model version being served",
+            ["version"],
+            multiprocess_mode="liveall",
+            registry=r,
         )
 
         self.gc_pauses = GCPauses()
         r.register(self.gc_pauses)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.shared_dir is None:
+            return generate_latest(self.registry)
+        # every worker's counters, histograms and live gauges, and this process's GC pauses
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.shared_dir)
+        registry.register(self.gc_pauses)
+        return generate_latest(registry)
+
+    def forget_dead_workers(self) -> list[int]:
+        """In a worker of ``--workers N``: drop the live gauges of workers that are gone
+        (uvicorn replaces a worker that dies, and has no hook for its death)."""
+        if self.shared_dir is None:
+            return []
+        pids = set()
+        for entry in os.scandir(self.shared_dir):
+            stem = entry.name.rsplit(".", 1)[0]
+            if stem.startswith("gauge_live") and stem.rsplit("_", 1)[-1].isdigit():
+                pids.add(int(stem.rsplit("_", 1)[-1]))
+        dead = sorted(pid for pid in pids if not _alive(pid))
+        for pid in dead:
+            multiprocess.mark_process_dead(pid, self.shared_dir)
+        return dead
+
+    def set_model_version(self, version: str) -> None:
+        """Say which version this process serves (the one gauge series at 1)."""
+        if self._version is not None:
+            # zeroed first: in multiprocess mode a cleared series keeps its last value
+            self.model_info.labels(self._version).set(0)
+        self.model_info.clear()
+        self.model_info.labels(version).set(1)
+        self._version = version
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 GC_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)

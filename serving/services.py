@@ -145,7 +145,7 @@ class Services:
             clock=clock,
         )
         services.refresh_popular()
-        services.metrics.model_info.labels(engine.model_version).set(1)
+        services.metrics.set_model_version(engine.model_version)
         services.metrics.gc_pauses.watch()
         return services
 
@@ -254,8 +254,7 @@ class Services:
         if cache is not None and shared and getattr(engine, "_fresh_cache", cache) is None:
             engine._fresh_cache = cache
         self.engine = engine
-        self.metrics.model_info.clear()
-        self.metrics.model_info.labels(engine.model_version).set(1)
+        self.metrics.set_model_version(engine.model_version)
         self.refresh_popular()
         if gc.get_freeze_count():
             refreeze_later()

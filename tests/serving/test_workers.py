@@ -116,6 +116,25 @@ def test_workers_share_the_port_and_each_follows_catalog_changes_within_a_second
             body = {"user_id": f"u{n}", "k": 30}
             rec = fresh("POST", "/v1/recommend", json=body).json()
             assert popular not in {i["item_id"] for i in rec["items"]}
+
+        # a scrape reaching any worker counts every worker's lists (12 + 16 asked for), and
+        # shows each worker's breakers and served version apart
+        for _ in range(6):
+            text = fresh("GET", "/metrics").text
+            served = sum(
+                float(line.split()[-1])
+                for line in text.splitlines()
+                if line.startswith("segue_recommendations_total{")
+            )
+            assert served == 28
+            breakers = {
+                line.split('pid="')[1].split('"')[0]
+                for line in text.splitlines()
+                if line.startswith("segue_breaker_state{") and 'stage="candidates"' in line
+            }
+            # one series per worker (the supervisor's other children serve nothing)
+            assert len(breakers) == 2 and breakers <= {str(pid) for pid in workers}
+            assert text.count("segue_model_version_info{") >= 2
         assert proc.poll() is None
     finally:
         _stop(proc)
