@@ -162,7 +162,11 @@ class Metrics:
         return dead
 
     def set_model_version(self, version: str) -> None:
-        """Say which version this process serves (the one gauge series at 1)."""
+        """Say which snapshot version this process serves (the one gauge series at 1); the
+        events learned since (``+N`` in answers) are left out: a label per event would be a
+        new series each time."""
+        if version == self._version:
+            return
         if self._version is not None:
             # zeroed first: in multiprocess mode a cleared series keeps its last value
             self.model_info.labels(self._version).set(0)

@@ -145,7 +145,7 @@ class Services:
             clock=clock,
         )
         services.refresh_popular()
-        services.metrics.set_model_version(engine.model_version)
+        services.metrics.set_model_version(engine.base_version)
         services.metrics.gc_pauses.watch()
         return services
 
@@ -254,7 +254,7 @@ class Services:
         if cache is not None and shared and getattr(engine, "_fresh_cache", cache) is None:
             engine._fresh_cache = cache
         self.engine = engine
-        self.metrics.set_model_version(engine.model_version)
+        self.metrics.set_model_version(engine.base_version)
         self.refresh_popular()
         if gc.get_freeze_count():
             refreeze_later()
@@ -274,6 +274,7 @@ class Services:
             self.metrics.learner_events.inc(report.events)
         if report.cut is not None:
             self.metrics.snapshot_cut.observe(report.cut_s)
+            self.metrics.set_model_version(learner.engine.base_version)  # the state, relabelled
         if report.events or self._popular_version != self.catalog.version:
             self.refresh_popular()
         try:

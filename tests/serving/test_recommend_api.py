@@ -134,6 +134,12 @@ def test_the_service_cuts_snapshots_as_it_learns_and_times_them(
     assert cuts >= 1
     version = client.get("/v1/model").json()["model_version"]
     assert version.startswith("v000001-")  # the first cut is what is served now
+    served = [
+        line
+        for line in client.get("/metrics").text.splitlines()
+        if line.startswith("segue_model_version_info{") and line.endswith(" 1.0")
+    ]
+    assert served == [f'segue_model_version_info{{version="{version.split("+")[0]}"}} 1.0']
 
 
 def test_exclusions_per_artist_limit_and_explore_false(client: TestClient):
