@@ -152,10 +152,10 @@ class Metrics:
         if self.shared_dir is None:
             return []
         pids = set()
-        for entry in os.scandir(self.shared_dir):
-            stem = entry.name.rsplit(".", 1)[0]
-            if stem.startswith("gauge_live") and stem.rsplit("_", 1)[-1].isdigit():
-                pids.add(int(stem.rsplit("_", 1)[-1]))
+        for entry in os.scandir(self.shared_dir):  # gauge_<live mode>_<pid>.db
+            kind, _, owner = entry.name.removesuffix(".db").rpartition("_")
+            if kind.startswith("gauge_live") and owner.isdigit():
+                pids.add(int(owner))
         dead = sorted(pid for pid in pids if not _alive(pid))
         for pid in dead:
             multiprocess.mark_process_dead(pid, self.shared_dir)

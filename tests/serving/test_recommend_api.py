@@ -65,6 +65,18 @@ def engine_of(client: TestClient) -> Engine:
     return client.app.state.services.engine  # type: ignore[attr-defined,no-any-return]
 
 
+def served(make_client: Callable[..., TestClient], **settings: Any) -> tuple[TestClient, Engine]:
+    """A service holding 100 items, and the engine behind it."""
+    client = make_client(embedding_dim=8, **settings)
+    client.post("/v1/items", json={"items": items(100)})
+    return client, engine_of(client)
+
+
+def broken(*args: object, **kwargs: object) -> None:
+    """A stage that fails on every call."""
+    raise RuntimeError("model file is corrupt")
+
+
 def test_a_listener_never_seen_gets_a_list_and_a_request_id(client: TestClient):
     r = client.post(
         "/v1/recommend", json={"user_id": "newbie", "k": 12, "context": {"device": "tv"}}
@@ -116,8 +128,7 @@ def test_the_full_loop_impressions_and_plays_are_learned(client: TestClient):
 def test_the_service_cuts_snapshots_as_it_learns_and_times_them(
     make_client: Callable[..., TestClient],
 ):
-    client = make_client(embedding_dim=8, snapshot=SnapshotSettings(every_events=1))
-    client.post("/v1/items", json={"items": items(100)})
+    client, _ = served(make_client, snapshot=SnapshotSettings(every_events=1))
     rec = client.post("/v1/recommend", json={"user_id": "u1", "k": 5}).json()
     events = impressions_of(rec, "u1")
     assert client.post("/v1/feedback", json={"events": events}).json()["accepted"] == 5
@@ -134,12 +145,12 @@ def test_the_service_cuts_snapshots_as_it_learns_and_times_them(
     assert cuts >= 1
     version = client.get("/v1/model").json()["model_version"]
     assert version.startswith("v000001-")  # the first cut is what is served now
-    served = [
+    at_one = [
         line
         for line in client.get("/metrics").text.splitlines()
         if line.startswith("segue_model_version_info{") and line.endswith(" 1.0")
     ]
-    assert served == [f'segue_model_version_info{{version="{version.split("+")[0]}"}} 1.0']
+    assert at_one == [f'segue_model_version_info{{version="{version.split("+")[0]}"}} 1.0']
 
 
 def test_exclusions_per_artist_limit_and_explore_false(client: TestClient):
@@ -176,17 +187,12 @@ def test_a_failing_stage_is_a_fallback_and_then_the_breaker_opens_and_recovers(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ):
-    client = make_client(
-        embedding_dim=8,
+    client, engine = served(
+        make_client,
         serving=ServingSettings(
             breaker_window=2, breaker_min_calls=2, breaker_open_s=0.5, breaker_probes=1
         ),
     )
-    client.post("/v1/items", json={"items": items(100)})
-    engine = engine_of(client)
-
-    def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("model file is corrupt")
 
     monkeypatch.setattr(engine, "score", broken)
     reasons = []
@@ -222,12 +228,7 @@ def test_a_failing_stage_is_a_fallback_and_then_the_breaker_opens_and_recovers(
 def test_the_fallback_is_popular_now_without_excluded_or_unavailable_items(
     make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
 ):
-    client = make_client(embedding_dim=8, serving=ServingSettings(breaker_min_calls=50))
-    client.post("/v1/items", json={"items": items(100)})
-    engine = engine_of(client)
-
-    def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("model file is corrupt")
+    client, engine = served(make_client, serving=ServingSettings(breaker_min_calls=50))
 
     monkeypatch.setattr(engine, "score", broken)
     first = client.post("/v1/recommend", json={"user_id": "u", "k": 12}).json()
@@ -246,11 +247,9 @@ def test_the_fallback_is_popular_now_without_excluded_or_unavailable_items(
 def test_a_slow_stage_answers_within_budget_with_a_fallback(
     make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
 ):
-    client = make_client(
-        embedding_dim=8, serving=ServingSettings(budget_ms=100, breaker_min_calls=50)
+    client, engine = served(
+        make_client, serving=ServingSettings(budget_ms=100, breaker_min_calls=50)
     )
-    client.post("/v1/items", json={"items": items(100)})
-    engine = engine_of(client)
     real = engine.candidates
 
     def slow(*args: object, **kwargs: object):
@@ -281,14 +280,12 @@ def test_waiting_for_the_engine_lock_is_not_a_stage_failure_but_own_slowness_is(
 ):
     """A list that waited for the engine lock (other lists, a snapshot cut) past a stage's
     timeout is still served and does not open the breaker; a stage slow by itself does."""
-    client = make_client(
-        embedding_dim=8,
+    client, engine = served(
+        make_client,
         serving=ServingSettings(
             budget_ms=5000, candidates_timeout_ms=50, breaker_window=1, breaker_min_calls=1
         ),
     )
-    client.post("/v1/items", json={"items": items(100)})
-    engine = engine_of(client)
     held = threading.Event()
 
     def hold() -> None:
@@ -328,12 +325,9 @@ def test_lists_that_waited_too_long_for_a_worker_are_shed_not_computed(
 ):
     # one worker thread, and a stage taking 0.4 s: of five lists asked for at once, the first
     # is computed and the others, having waited past max_queue_ms, get the fallback at once
-    client = make_client(
-        embedding_dim=8,
-        serving=ServingSettings(workers=1, budget_ms=5000, max_queue_ms=100),
+    client, engine = served(
+        make_client, serving=ServingSettings(workers=1, budget_ms=5000, max_queue_ms=100)
     )
-    client.post("/v1/items", json={"items": items(100)})
-    engine = engine_of(client)
     real = engine.candidates
     calls: list[float] = []
 
