@@ -451,6 +451,11 @@ class Catalog:
         records = self._records
         return [records[i][1] for i in indexes]
 
+    def iter_artists_at(self, indexes: Iterable[int]) -> Iterator[str]:
+        """:meth:`artists_at`, one at a time: for a caller that may stop early."""
+        records = self._records
+        return (records[i][1] for i in indexes)
+
     def indexes_of(self, item_ids: Iterable[str]) -> np.ndarray:
         """Dense indexes of ``item_ids`` (int64), ``-1`` for ids the catalog has never seen."""
         get = self._index.get

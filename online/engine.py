@@ -734,7 +734,8 @@ class Engine:
             if placeable < k:
                 extra = []
                 rest = order[n:]
-                rest_artists = catalog.artists_at(pool.rows[rest].tolist())
+                # looked up one by one: the loop usually stops long before the pool's end
+                rest_artists = catalog.iter_artists_at(pool.rows[rest].tolist())
                 for i, artist in zip(rest.tolist(), rest_artists, strict=True):
                     if per_artist[artist] < cap:
                         per_artist[artist] += 1
