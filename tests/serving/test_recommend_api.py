@@ -182,6 +182,19 @@ def test_bad_requests_get_a_422_naming_the_field(client: TestClient, body: dict,
     assert field in str(r.json()["detail"])
 
 
+def test_a_non_finite_number_is_a_422_not_a_500(client: TestClient):
+    # Python's json module writes NaN unless told not to; the error echoes it back as null
+    r = client.post(
+        "/v1/recommend",
+        content=b'{"user_id": "u", "context": {"volume": NaN}}',
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 422
+    (error,) = r.json()["detail"]
+    assert error["loc"] == ["body", "context"] and error["input"] == {"volume": None}
+    assert "not finite" in error["msg"]
+
+
 def test_a_failing_stage_is_a_fallback_and_then_the_breaker_opens_and_recovers(
     make_client: Callable[..., TestClient],
     monkeypatch: pytest.MonkeyPatch,
