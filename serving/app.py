@@ -46,6 +46,14 @@ class RequestTiming:
             self.metrics.request_latency.labels(path).observe(time.perf_counter() - started)
 
 
+class SegueApp(FastAPI):
+    """FastAPI, with lists served ahead of its middleware stack (see
+    :class:`~serving.recommend_api.RecommendFastPath`)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return recommend_api.RecommendFastPath(super().build_middleware_stack())
+
+
 async def validation_failed(request: Request, exc: RequestValidationError) -> Response:
     """FastAPI's 422, written by orjson: a non-finite number a client sent comes back as null
     in the error's ``input`` (the standard encoder refused it, and the 422 became a 500)."""
@@ -105,7 +113,7 @@ def create_app(
             services.recommender.close()
             services.close()
 
-    app = FastAPI(
+    app = SegueApp(
         title="segue",
         version=API_VERSION,
         summary="Online-learning recommender with a contextual-bandit reranker",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Annotated, Any
@@ -9,7 +10,15 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from feedback.contract import MAX_ID_LENGTH
 from online.catalog import parse_item
@@ -69,6 +78,11 @@ async def recommend(
 ) -> Response:
     """Up to ``k`` items for ``user_id``; a listener never seen gets trending and fresh items,
     and the plays they just posted shape their next list at once."""
+    return Response(await serve_list(services, body), media_type="application/json")
+
+
+async def serve_list(services: Services, body: RecommendIn) -> bytes:
+    """The list for a validated request, as the JSON of :class:`RecommendOut`."""
     rec = await services.recommender.recommend(
         services.engine,
         RecommendRequest(
@@ -98,7 +112,90 @@ async def recommend(
         "fallback": rec.fallback,
         "took_ms": float(rec.took_ms),
     }
-    return Response(orjson.dumps(payload), media_type="application/json")
+    return orjson.dumps(payload)
+
+
+RECOMMEND_PATH = "/v1/recommend"
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class RecommendFastPath:
+    """``POST /v1/recommend`` straight to :func:`serve_list`, past the framework's layers.
+
+    A list is the one request a client sends many times a second, and at 150 lists/s py-spy
+    put about an eighth of the interpreter's time in the layers between uvicorn and the
+    handler (eight middlewares, routing, the dependency solver, body parsing). Here a JSON
+    body that validates as :class:`RecommendIn` is served directly. Everything else goes
+    through the app unchanged, body included, so every error is the app's own answer (a 422
+    names the field exactly as before) and the route stays the documented one. The request
+    is timed for ``segue_request_seconds`` as :class:`~serving.app.RequestTiming` would.
+    """
+
+    max_body_bytes = 1 << 16
+    """Larger bodies (a list request is well under 1 KiB) take the app's way."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["path"] != RECOMMEND_PATH
+            or scope["method"] != "POST"
+            or not _is_json(scope["headers"])
+        ):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        read: list[Message] = []
+        size = 0
+        more = True
+        while more and size <= self.max_body_bytes:
+            message = await receive()
+            read.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            more = message.get("more_body", False)
+        body: RecommendIn | None = None
+        if not more and read[-1]["type"] == "http.request":
+            with contextlib.suppress(ValidationError):
+                body = RecommendIn.model_validate_json(b"".join(m.get("body", b"") for m in read))
+        if body is None:  # the app answers it, from the same bytes
+            await self.app(scope, _replay(read, receive), send)
+            return
+        services: Services = scope["app"].state.services
+        payload = await serve_list(services, body)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+        services.metrics.request_latency.labels(RECOMMEND_PATH).observe(
+            time.perf_counter() - started
+        )
+
+
+def _is_json(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"content-type":
+            return value.split(b";", 1)[0].strip().lower() == b"application/json"
+    return False
+
+
+def _replay(read: list[Message], receive: Receive) -> Receive:
+    """``receive`` that first gives back the messages already read."""
+    pending = list(read)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
 
 
 class ItemIn(BaseModel):
