@@ -823,14 +823,15 @@ class Engine:
         released = pool.catalog.view().release_times[scored.rows]
         with np.errstate(invalid="ignore"):
             ages = np.where(np.isnan(released), 365.0, (now - released) / _DAY)
+        popularity, trend = self._popularity.scores_and_trends(ids, now)
         return CandidateColumns(
             item_ids=ids,
             artists=artists,
             # the latent part of the item vectors: similarity of tastes
             vectors=vectors[:, :-1],
             relevance=scored.relevance,
-            popularity=self._popularity.scores(ids, now),
-            trend=self._popularity.trends(ids, now),
+            popularity=popularity,
+            trend=trend,
             age_days=ages,  # the bandit counts a negative age as 0
             exposure_item=self._exposure.items(pool.user_id, ids, now),
             exposure_artist=self._exposure.artists(pool.user_id, artists, now),

@@ -173,6 +173,13 @@ class Popularity:
 
     def trends(self, item_ids: Sequence[str], now: float) -> np.ndarray:
         """:meth:`trend` for many items at once."""
+        return self.scores_and_trends(item_ids, now)[1]
+
+    def scores_and_trends(
+        self, item_ids: Sequence[str], now: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`scores` and :meth:`trends` of the same items, looked up once (each list's
+        candidates need both)."""
         rows, known = self._rows(item_ids)
         long = np.zeros(len(rows))
         short = np.zeros(len(rows))
@@ -183,7 +190,7 @@ class Popularity:
         out[positive] = (short[positive] / self.trend_half_life_s) / (
             long[positive] / self.half_life_s
         )
-        return out
+        return long, out
 
     def top(self, n: int, now: float) -> list[tuple[str, float]]:
         """The ``n`` most played items now, best first, with their scores at ``now``.

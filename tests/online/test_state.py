@@ -76,6 +76,15 @@ def test_popularity_ranking_vectorised_reads_and_trend() -> None:
     np.testing.assert_allclose(
         pop.trends(["new", "old"], now), [pop.trend(i, now) for i in ("new", "old")]
     )
+    # by hand: the short-half-life rate over the long-half-life rate
+    plays = range(3590, 3600, 2)
+    long = sum(0.5 ** ((now - t) / 3600.0) for t in plays)
+    short = sum(0.5 ** ((now - t) / 60.0) for t in plays)
+    assert pop.trend("new", now) == pytest.approx((short / 60.0) / (long / 3600.0))
+    scores, trends = pop.scores_and_trends(["new", "missing", "old"], now)
+    np.testing.assert_allclose(scores, pop.scores(["new", "missing", "old"], now))
+    np.testing.assert_allclose(trends, [pop.trend("new", now), 0.0, pop.trend("old", now)])
+    assert scores[0] == pytest.approx(long)
     assert pop.top(1, now) == top[:1]
 
 
