@@ -132,7 +132,8 @@ class RecommendFastPath:
     """
 
     max_body_bytes = 1 << 16
-    """Larger bodies (a list request is well under 1 KiB) take the app's way."""
+    """A body still arriving past this many bytes takes the app's way (a list request is
+    well under 1 KiB)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

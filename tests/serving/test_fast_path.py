@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -139,3 +140,48 @@ def test_lists_skip_the_stack_and_are_timed_and_everything_else_takes_it(
     assert client.get(RECOMMEND_PATH).status_code == 405
     # every list and every rejected request is timed, under the route's name
     assert served() - before == len(GOOD) + len(BAD) + 1
+
+
+def test_a_body_in_pieces_is_read_whole_and_a_long_one_reaches_the_app_intact(
+    both: tuple[TestClient, TestClient],
+):
+    client, _ = both
+    client.get("/health/live")  # builds the stack
+    app = client.app
+    stack = app.middleware_stack  # type: ignore[attr-defined]
+    wire = stack.app = Tripwire(stack.app)
+
+    def send_in_pieces(body: dict[str, Any], piece: int) -> tuple[int, dict[str, Any]]:
+        data = orjson.dumps(body)
+        messages = [
+            {"type": "http.request", "body": data[i : i + piece], "more_body": True}
+            for i in range(0, len(data), piece)
+        ]
+        messages[-1]["more_body"] = False
+        answer: dict[str, Any] = {"body": b""}
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                answer["status"] = message["status"]
+            else:
+                answer["body"] += message.get("body", b"")
+
+        headers = [(b"content-type", b"application/json")]
+        scope = {"type": "http", "method": "POST", "path": RECOMMEND_PATH, "headers": headers}
+        scope |= {"query_string": b"", "root_path": ""}
+        asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+        return answer["status"], orjson.loads(answer["body"])
+
+    status, body = send_in_pieces({"user_id": "u1", "k": 4, "explore": False}, piece=7)
+    assert status == 200 and len(body["items"]) == 4
+    assert wire.paths == []
+    # past max_body_bytes while still arriving: the app reads what was read, then the rest
+    big = {"user_id": "u2", "k": 3, "explore": False, "context": {"note": "x" * 100_000}}
+    status, body = send_in_pieces(big, piece=RecommendFastPath.max_body_bytes // 2)
+    assert status == 200 and len(body["items"]) == 3
+    assert wire.paths == [RECOMMEND_PATH]
+    status, body = send_in_pieces({**big, "k": 0}, piece=RecommendFastPath.max_body_bytes // 2)
+    assert status == 422 and body["detail"][0]["loc"] == ["body", "k"]
