@@ -166,18 +166,20 @@ class RecommendFastPath:
             await self.app(scope, _replay(read, receive), send)
             return
         services: Services = scope["app"].state.services
-        payload = await serve_list(services, body)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
-        services.metrics.request_latency.labels(RECOMMEND_PATH).observe(
-            time.perf_counter() - started
-        )
+        try:
+            payload = await serve_list(services, body)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": payload})
+        finally:  # a client gone mid-answer is timed too, as RequestTiming does
+            services.metrics.request_latency.labels(RECOMMEND_PATH).observe(
+                time.perf_counter() - started
+            )
 
 
 def _is_json(headers: list[tuple[bytes, bytes]]) -> bool:
