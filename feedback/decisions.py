@@ -47,8 +47,12 @@ DEFAULT_TTL_S = 6 * 3600.0
 class DecisionLog(Protocol):
     """Where served lists are kept until their feedback has been joined."""
 
-    def put(self, decision: Decision) -> None:
-        """Store ``decision`` under its ``request_id`` (replacing an earlier one)."""
+    def put(self, decision: Decision, encoded: bytes | None = None) -> None:
+        """Store ``decision`` under its ``request_id`` (replacing an earlier one).
+
+        ``encoded`` is ``decision.to_json()`` when the caller has it already: the serving
+        path encodes on its worker thread, off the event loop every request passes through.
+        """
         ...
 
     def get(self, request_id: str) -> Decision | None:
@@ -94,9 +98,9 @@ class InMemoryDecisionLog:
             self._expire(self._clock())
             return len(self._entries)
 
-    def put(self, decision: Decision) -> None:
+    def put(self, decision: Decision, encoded: bytes | None = None) -> None:
         now = self._clock()
-        raw = decision.to_json()
+        raw = decision.to_json() if encoded is None else encoded
         with self._lock:
             self._entries.pop(decision.request_id, None)
             self._entries[decision.request_id] = (now, raw)
@@ -159,10 +163,10 @@ class RedisDecisionLog:
         """The Redis key holding ``request_id``'s decision."""
         return f"{self.prefix}decision:{request_id}"
 
-    def put(self, decision: Decision) -> None:
+    def put(self, decision: Decision, encoded: bytes | None = None) -> None:
         self._client.set(
             self.key(decision.request_id),
-            decision.to_json(),
+            decision.to_json() if encoded is None else encoded,
             px=max(1, round(self.ttl_s * 1000)),
         )
 

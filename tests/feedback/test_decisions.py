@@ -57,6 +57,16 @@ def test_put_then_get_round_trips_exactly(log: DecisionLog) -> None:
     assert isinstance(log, DecisionLog)
 
 
+def test_a_decision_put_with_its_json_is_stored_as_that_json(log: DecisionLog) -> None:
+    # the serving path encodes on its worker thread and hands the bytes over
+    d = decision("r1")
+    log.put(d, d.to_json())
+    assert log.get("r1") == d
+    other = decision("r1", t=7.0)
+    log.put(d, other.to_json())  # the bytes are what is stored, not encoded again
+    assert log.get("r1") == other
+
+
 def test_stored_json_is_the_dict_form_whichever_way_it_is_written() -> None:
     from types import MappingProxyType
 
