@@ -456,6 +456,18 @@ class Catalog:
         records = self._records
         return (records[i][1] for i in indexes)
 
+    def available_ids(self, item_ids: Iterable[str]) -> list[str]:
+        """The ids among ``item_ids`` that are in the catalog and available, in their order,
+        read from the arrays (no item built: the fallback list needs this when busiest)."""
+        ids = list(item_ids)
+        if not ids:
+            return []
+        rows = self.indexes_of(ids)
+        mask = self.view().available_mask
+        ok = (rows >= 0) & (rows < len(mask))
+        ok[ok] = mask[rows[ok]]
+        return [item_id for item_id, good in zip(ids, ok.tolist(), strict=True) if good]
+
     def indexes_of(self, item_ids: Iterable[str]) -> np.ndarray:
         """Dense indexes of ``item_ids`` (int64), ``-1`` for ids the catalog has never seen."""
         get = self._index.get

@@ -638,16 +638,6 @@ class Engine:
             history=len(recent),
         )
 
-    def _available(self, ids: Iterable[str]) -> list[str]:
-        ids = list(ids)
-        if not ids:
-            return []
-        rows = self.catalog.indexes_of(ids)
-        mask = self.catalog.view().available_mask
-        ok = (rows >= 0) & (rows < len(mask))
-        ok[ok] = mask[rows[ok]]
-        return [item_id for item_id, good in zip(ids, ok.tolist(), strict=True) if good]
-
     def _session_vector(self, recent: Sequence[tuple[str, float]], now: float, view: Any) -> Any:
         """Decayed mean of the content embeddings of the listener's recent plays.
 
@@ -880,7 +870,7 @@ class Engine:
         with self.lock:
             t = self._time(now)
             top = [i for i, _ in self._popularity.top(k + len(banned) + 10, t)]
-        out = [i for i in self._available(top) if i not in banned][:k]
+        out = [i for i in self.catalog.available_ids(top) if i not in banned][:k]
         if len(out) < k:
             view = self.catalog.view()
             if self._fresh_cache is None or self._fresh_cache[0] != view.version:

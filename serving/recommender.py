@@ -254,17 +254,11 @@ class Recommender:
     ) -> Decision:
         """The popular-now list, without touching the models (their lock may be held)."""
         banned = set(req.exclude)
-        # availability from the catalog's arrays: building each item (its embedding, its
-        # attributes) cost more than the list, and shed lists come when the process is busiest
-        mask = engine.catalog.view().available_mask
-        rows = engine.catalog.indexes_of(popular)
-        shown = (rows >= 0) & (rows < mask.size)
-        shown[shown] = mask[rows[shown]]
         slate: list[SlateEntry] = []
-        for item_id, ok in zip(popular, shown.tolist(), strict=True):
+        for item_id in engine.catalog.available_ids(popular):
             if len(slate) >= req.k:
                 break
-            if ok and item_id not in banned:
+            if item_id not in banned:
                 slate.append(SlateEntry(item_id, len(slate), 0.0, 1.0, False, {}))
         return Decision(
             request_id=req.request_id,
