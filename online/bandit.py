@@ -49,11 +49,12 @@ How a slot is scored
 --------------------
 Only ``pos`` and ``sim`` change from slot to slot, and VW's cost estimate is linear in its
 features (GD's raw prediction, before any clamping), so an action's cost at any slot is
-``a + pos * b + sim * (c + pos * d)``. Under SquareCB, whose rule is segue's, two predictions
-over the pool and two of one action (:meth:`BanditReranker._linear_terms`) give every
-action's terms, and the 30 slots are a loop compiled with Numba (:mod:`online._slots`) that
-releases the interpreter lock; the plain loop with a VW prediction per slot is the test
-oracle (equal up to float32 rounding).
+``a + pos * b + sim * (c + pos * d)``, and ``a`` and ``b`` are themselves linear in the six
+static features. Under SquareCB, whose rule is segue's, VW predicts eight probe actions at
+two positions (:meth:`BanditReranker._linear_terms`), which gives every action's terms
+without parsing the pool, and the 30 slots are a loop compiled with Numba
+(:mod:`online._slots`) that releases the interpreter lock; the plain loop with a VW
+prediction per slot is the test oracle (equal up to float32 rounding).
 ``"epsilon"`` and ``"softmax"`` read VW's own pmf, so they ask VW at every slot. Every rule
 draws its uniforms before the loop, one per slot that can be filled, so a list takes the same
 draws from the seeded stream whichever loop fills it.
@@ -244,8 +245,9 @@ def _round(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _static_rows(columns: CandidateColumns) -> list[dict[str, float]]:
-    """:func:`_static_features` of every candidate, the same values computed column by column.
+def _static_table(columns: CandidateColumns) -> np.ndarray:
+    """:func:`_static_features` of every candidate as a ``(n, 6)`` table (columns in
+    ``_STATIC`` order), the same values computed column by column.
 
     The logarithms are Python's own (numpy's differ from them in the last bit for some
     inputs), the arithmetic is IEEE in both, and :func:`_round` rounds as ``round`` does.
@@ -261,7 +263,7 @@ def _static_rows(columns: CandidateColumns) -> list[dict[str, float]]:
         return list(map(log1p, np.where(x > 0.0, x, 0.0).tolist()))  # max(0.0, x), NaN -> 0
 
     age = np.asarray(columns.age_days, dtype=float)
-    table = _round(
+    return _round(
         np.array(
             [
                 np.asarray(columns.relevance, dtype=float),
@@ -273,11 +275,12 @@ def _static_rows(columns: CandidateColumns) -> list[dict[str, float]]:
             ],
             dtype=float,
         ).reshape(len(_STATIC), len(columns))
-    )
-    return [
-        {"rel": a, "pop": b, "trend": c, "fresh": d, "exp_item": e, "exp_artist": f}
-        for a, b, c, d, e, f in zip(*table.tolist(), strict=True)
-    ]
+    ).T
+
+
+def _static_rows(columns: CandidateColumns) -> list[dict[str, float]]:
+    """:func:`_static_features` of every candidate, from :func:`_static_table`."""
+    return [dict(zip(_STATIC, row, strict=True)) for row in _static_table(columns).tolist()]
 
 
 def _squarecb_pmf(costs: np.ndarray, gamma: float) -> np.ndarray:
@@ -466,18 +469,6 @@ class BanditReranker:
         """The slot loop of :meth:`rank` over distinct, allowed candidates."""
         n = len(pool)
         ids, artists = pool.item_ids, pool.artists
-        static = _static_rows(pool)
-        linear = self.exploration == "squarecb"  # the rule is segue's: costs alone suffice
-        doc = {
-            "s": self._shared_namespace(shared),
-            "p": {"pos": _PLACEHOLDER},
-            # the linear terms need "sim" on one action (see _linear_terms), the per-slot
-            # loop on every action
-            "_multi": [
-                {"a": f} if linear and i else {"a": f, "d": {"sim": _PLACEHOLDER}}
-                for i, f in enumerate(static)
-            ],
-        }
         # Unit vectors for the cosine similarity; rows of candidates without a vector stay 0.
         units = None
         if pool.vectors is not None:
@@ -485,20 +476,24 @@ class BanditReranker:
             norms = np.sqrt(np.einsum("ij,ij->i", units, units))
             nonzero = norms > 0.0
             units[nonzero] /= norms[nonzero, None]
-        # The bindings under Workspace.parse / predict / finish_example: the wrappers build a
-        # Python Example per action and check types on every call, which costs several times
-        # VW's own parse and predictions.
         # one uniform per slot that can be filled, drawn before the loop (the same stream for
         # every exploration rule; the greedy list draws none)
         uniforms = self._rng.random(min(k, n)) if explore else None
+        if self.exploration == "squarecb":  # the rule is segue's: costs alone suffice
+            table = _static_table(pool)
+            terms = self._linear_terms(shared, table)
+            return self._fill_linear(pool, table, units, terms, k, uniforms, max_per_artist)
+        static = _static_rows(pool)
+        doc = {
+            "s": self._shared_namespace(shared),
+            "p": {"pos": _PLACEHOLDER},
+            "_multi": [{"a": f, "d": {"sim": _PLACEHOLDER}} for f in static],
+        }
+        # The bindings under Workspace.parse / predict / finish_example: the wrappers build a
+        # Python Example per action and check types on every call, which costs several times
+        # VW's own parse and predictions.
         ws = self._ws
         exs = pylibvw.vw._parse(ws, orjson.dumps(doc).decode())
-        if linear:
-            try:
-                terms = self._linear_terms(exs)
-            finally:
-                pylibvw.vw._finish_example_multi_ex(ws, exs)
-            return self._fill_linear(pool, static, units, terms, k, uniforms, max_per_artist)
         sim = np.zeros(n)
         served_sim = np.full(n, _PLACEHOLDER)  # the value currently in each parsed example
         rounded = np.empty(n)
@@ -590,51 +585,60 @@ class BanditReranker:
             pylibvw.vw._finish_example_multi_ex(ws, exs)
         return slate
 
-    def _linear_terms(self, exs: list[Any]) -> tuple[np.ndarray, np.ndarray, float, float]:
+    def _linear_terms(
+        self, shared: Mapping[str, Any], table: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, float, float]:
         """VW's cost estimate of every action as a function of the per-slot features.
 
         VW's prediction is linear in the features (``--cb_type mtr`` regresses with GD, whose
-        raw prediction, the partial prediction read here, is not clamped), and ``pos`` and
-        ``sim`` enter it alone and through ``-q sd -q pa -q pd``. So an action's cost at any
-        slot is ``a + pos * b + sim * (c + pos * d)``, where ``c`` and ``d`` are the same for
-        every action (``sim`` meets only shared namespaces). Two predictions over the pool
-        (``pos`` 0 and 1, no ``sim``) give ``a`` and ``b`` per action, two more of the first
-        action alone (with ``sim`` 1) give ``c`` and ``d``; the slot loop then needs no call
-        into VW. (Equal to a prediction per slot up to float32 rounding; the plain slot loop
-        is the oracle in the tests.) ``exs`` come from :meth:`_fill`'s parse: ``pos`` 1 on the
-        shared example, ``sim`` 1 on the first action only.
+        raw prediction, the partial prediction read here, is not clamped). With the listener
+        fixed, an action's cost at a slot is therefore ``alpha + sum_f beta_f * x_f + gamma *
+        sim``, where ``x`` are its six static features and ``alpha``, ``beta``, ``gamma``
+        depend only on ``pos``, linearly (``pos`` enters alone and through ``-q pa -q pd``).
+        So the cost of row ``i`` at any slot is ``a_i + pos * b_i + sim * (c + pos * d)``.
+
+        Eight probe actions give those coefficients whatever the pool's size: one without
+        features (``alpha``), one per static feature at 1 (``alpha + beta_f``) and one with
+        ``sim`` 1 (``alpha + gamma``), each predicted at ``pos`` 1 and 0; ``a`` and ``b`` are
+        then one product with ``table`` (:func:`_static_table`, the values VW would have
+        parsed). Parsing the pool itself costs a dozen times more. (Equal to a prediction
+        per slot up to float32 rounding; the plain slot loop is the oracle in the tests.)
         """
         pop_feature, push_feature = pylibvw.example.pop_feature, pylibvw.example.push_hashed_feature
         partial = pylibvw.example.get_partial_prediction
-        predict_multi, ws = pylibvw.vw.predict_multi, self._ws
-        shared_ex, actions = exs[0], exs[1:]
-        first = [shared_ex, actions[0]]
-        ns_p = ord("p")
+        ws = self._ws
+        exs = pylibvw.vw._parse(ws, self._probe_doc(shared))
+        try:
+            shared_ex, probes = exs[0], exs[1:]
+            pylibvw.vw.predict_multi(ws, exs)
+            at1 = np.fromiter(map(partial, probes), dtype=float, count=len(probes))
+            pop_feature(shared_ex, ord("p"))
+            push_feature(shared_ex, ord("p"), self._pos_index, 0.0)
+            pylibvw.vw.predict_multi(ws, exs)
+            at0 = np.fromiter(map(partial, probes), dtype=float, count=len(probes))
+        finally:
+            pylibvw.vw._finish_example_multi_ex(ws, exs)
+        # probes: [none, rel, pop, trend, fresh, exp_item, exp_artist, sim]
+        alpha0, beta0, gamma0 = at0[0], at0[1:-1] - at0[0], at0[-1] - at0[0]
+        alpha1, beta1, gamma1 = at1[0], at1[1:-1] - at1[0], at1[-1] - at1[0]
+        a = table @ beta0 + alpha0
+        b = table @ (beta1 - beta0) + (alpha1 - alpha0)
+        return a, b, float(gamma0), float(gamma1 - gamma0)
 
-        def set_pos(value: float) -> None:
-            pop_feature(shared_ex, ns_p)
-            push_feature(shared_ex, ns_p, self._pos_index, value)
-
-        predict_multi(ws, first)
-        pos1_sim1 = partial(actions[0])
-        set_pos(0.0)
-        predict_multi(ws, first)
-        pos0_sim1 = partial(actions[0])
-        pop_feature(actions[0], ord("d"))  # sim 0: the feature leaves, as VW's parser drops 0
-        predict_multi(ws, exs)
-        a = np.fromiter(map(partial, actions), dtype=float, count=len(actions))
-        set_pos(1.0)
-        predict_multi(ws, exs)
-        b = np.fromiter(map(partial, actions), dtype=float, count=len(actions))
-        b -= a
-        c = pos0_sim1 - float(a[0])
-        d = pos1_sim1 - float(a[0] + b[0]) - c
-        return a, b, c, d
+    def _probe_doc(self, shared: Mapping[str, Any]) -> str:
+        """The JSON of :meth:`_linear_terms`' probe actions for this listener, at ``pos`` 1."""
+        return orjson.dumps(
+            {
+                "s": self._shared_namespace(shared),
+                "p": {"pos": 1.0},
+                "_multi": [{}, *({"a": {name: 1.0}} for name in _STATIC), {"d": {"sim": 1.0}}],
+            }
+        ).decode()
 
     def _fill_linear(
         self,
         pool: CandidateColumns,
-        static: list[dict[str, float]],
+        table: np.ndarray,
         units: np.ndarray | None,
         terms: tuple[np.ndarray, np.ndarray, float, float],
         k: int,
@@ -682,7 +686,7 @@ class BanditReranker:
             explored[:filled].tolist(),
             strict=True,
         ):
-            features = dict(static[j])
+            features = dict(zip(_STATIC, table[j].tolist(), strict=True))
             features["sim"] = sim
             features["pos"] = float(positions[slot])
             slate.append(SlateEntry(ids[j], slot, -cost, propensity, flag, features))

@@ -20,6 +20,7 @@ from online.bandit import (
     _round,
     _static_features,
     _static_rows,
+    _static_table,
 )
 
 SHARED = {"user": "tom", "device": "ios", "hour": 21, "history": 40}
@@ -350,22 +351,21 @@ def test_rank_places_what_the_plain_slot_loop_places(exploration):
     assert explored > 0  # the lists compared include explored slots, not only greedy ones
 
 
-def test_squarecb_costs_at_any_slot_are_vws_predictions():
-    """The linear terms reproduce VW's prediction at positions and similarities never used
-    to derive them, for a trained model."""
+@pytest.mark.parametrize("shared", [SHARED, {"user": "someone-new", "device": "tv"}])
+def test_squarecb_costs_at_any_slot_are_vws_predictions(shared):
+    """The linear terms, read from probe actions, reproduce VW's prediction of each real
+    action at any position and similarity, for a trained model, a known and a new listener."""
     bandit, _ = _trained_pair("squarecb", 3)
     cands = candidates(20, seed=3)
+    cands[4] = Candidate("t4", "ar4", None, relevance=0.0)  # zero features: VW drops them
     static = [_static_features(c) for c in cands]
     doc = {
-        "s": bandit._shared_namespace(SHARED),
+        "s": bandit._shared_namespace(shared),
         "p": {"pos": 1.0},
         "_multi": [{"a": f, "d": {"sim": 1.0}} for f in static],
     }
-    terms_doc = {**doc, "_multi": [doc["_multi"][0], *({"a": f} for f in static[1:])]}
-    exs = bandit._ws.parse(json.dumps(terms_doc))
-    a, b, c, d = bandit._linear_terms(exs)
-    bandit._ws.finish_example(exs)
-    for pos, sim in ((0.6931, 0.25), (3.4012, 0.9731), (2.0794, 0.0)):
+    a, b, c, d = bandit._linear_terms(shared, _static_table(CandidateColumns.of(cands)))
+    for pos, sim in ((0.0, 0.0), (0.6931, 0.25), (3.4012, 0.9731), (2.0794, 0.0)):
         exs = bandit._ws.parse(json.dumps(doc))
         bandit._set(exs[0], "p", bandit._pos_index, pos)
         for ex in exs[1:]:
