@@ -22,6 +22,9 @@
 7. After the service stops: recall@500 of the content index against brute force (the same
    ContentIndex code, rebuilt in this process on the same catalog, which also times the
    build), and the resident memory the service had (VmRSS).
+8. The machine's speed in each window: ``speed_probe`` (benchmarks/_common.py) times a fixed
+   pure-Python loop in CPU time once a second from its own process; its median is printed
+   with the window, so a window that fell in a slow phase of the machine shows as one.
 
 ``--workers N`` (N > 1) runs the distributed layout on this one machine instead: ``segue serve
 --workers N --no-learner`` (N processes on one port) with ``segue learn`` as its own process,
@@ -60,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 import orjson
 
-from benchmarks._common import machine, median, percentiles, rss_mb, serve
+from benchmarks._common import machine, median, percentiles, rss_mb, serve, speed_probe
 
 DIM = 64
 _DAY = 86_400.0
@@ -613,7 +616,9 @@ def main() -> None:
                     before = metrics(conn)
                     cuts_before = snapshot_count(data)
                     cpu_before = cpu_seconds(proc.pid)
-                    rec = timed(port, "/v1/recommend", bodies, rate, args)
+                    with speed_probe() as probe:
+                        rec = timed(port, "/v1/recommend", bodies, rate, args)
+                    rec["probe_ms"] = median(probe)
                     rec["cpu_ms"] = 1000 * (cpu_seconds(proc.pid) - cpu_before) / len(bodies)
                     after = metrics(conn)
                     stages = stage_stats(before, after)
@@ -637,7 +642,8 @@ def main() -> None:
                         f"  {rate:.0f}/s run {run + 1} (load {load:.2f}): recommend p50 "
                         f"{rec['p50']:.1f} ms, "
                         f"p99 {rec['p99']:.1f}, p99.9 {rec['p99.9']:.1f}, server CPU "
-                        f"{rec['cpu_ms']:.2f} ms/list, fallback "
+                        f"{rec['cpu_ms']:.2f} ms/list (machine probe {rec['probe_ms']:.1f} ms), "
+                        "fallback "
                         f"{rec['fallback_ratio']:.1%} {rec['fallbacks']}, errors {rec['errors']}, "
                         f"{rec['achieved_rate']:.0f}/s | GET /v1/model p50 {base['p50']:.1f} ms, "
                         f"p99 {base['p99']:.1f} | stage means "
@@ -665,9 +671,9 @@ def main() -> None:
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (1 min)")
     print(
         "| items | k | rate | p50 | p99 | p99.9 | fallback | GET /v1/model p50 / p99 | "
-        "candidates | relevance | rerank | server CPU / list | server RSS |"
+        "candidates | relevance | rerank | server CPU / list | machine probe | server RSS |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for rate in dict.fromkeys(r["rate"] for r in rows):
         at = [r for r in rows if r["rate"] == rate]
 
@@ -683,7 +689,8 @@ def main() -> None:
             f"{median([r['rec']['fallback_ratio'] for r in at]):.1%} | "
             f"{med('base', 'p50'):.1f} / {med('base', 'p99'):.1f} ms | "
             + " | ".join(f"{st[s]:.2f} ms (p99 <= {st99[s]:.0f})" for s in stages)
-            + f" | {med('rec', 'cpu_ms'):.2f} ms | {rss / 1024:.1f} GiB |"
+            + f" | {med('rec', 'cpu_ms'):.2f} ms | {med('rec', 'probe_ms'):.1f} ms | "
+            f"{rss / 1024:.1f} GiB |"
         )
     if recalls is not None:
         (recall, q99), (recall_100, q99_100) = recalls[500], recalls[100]
