@@ -86,24 +86,30 @@ _RELINK_TOLERANCE = 0.2
 
 @dataclass(frozen=True, slots=True, eq=False)
 class ChannelOffers:
-    """Which channels offered which candidate ids, kept as arrays.
+    """Which channels offered which candidates, kept as catalog rows until asked for.
 
-    ``names`` holds each offered id once, in the order first offered, and ``first`` the
-    index in ``labels`` of the channel that offered it first; ``again_names`` and ``again``
-    list the later offers of ids already offered.
+    ``rows`` holds each offered row once, in the order first offered, and ``first`` the
+    index in ``labels`` of the channel that offered it first; ``again_rows`` and ``again``
+    list the later offers of rows already offered. ``ids`` is the catalog view's id column
+    (rows never change their id), read only by :meth:`channels`: a list never needs it, so
+    no id is converted per request.
     """
 
     labels: tuple[str, ...] = ()
-    names: list[str] = field(default_factory=list)
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     first: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    again_names: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
+    again_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     again: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
 
     def channels(self) -> dict[str, set[str]]:
         """Per id, in first-offer order, the set of channels that offered it."""
-        labels = self.labels
-        out = {name: {labels[c]} for name, c in zip(self.names, self.first.tolist(), strict=True)}
-        for name, c in zip(self.again_names.tolist(), self.again.tolist(), strict=True):
+        labels, ids = self.labels, self.ids
+        out = {
+            name: {labels[c]}
+            for name, c in zip(ids[self.rows].tolist(), self.first.tolist(), strict=True)
+        }
+        for name, c in zip(ids[self.again_rows].tolist(), self.again.tolist(), strict=True):
             out[name].add(labels[c])
         return out
 
@@ -241,9 +247,7 @@ def _merge_offers(
     head = np.flatnonzero(first)  # first offers, in offer order
     again = np.flatnonzero(~first)
     out = rows[head]
-    return out, ChannelOffers(
-        labels, view.ids[out].tolist(), code[head], view.ids[rows[again]], code[again]
-    )
+    return out, ChannelOffers(labels, out, code[head], rows[again], code[again], view.ids)
 
 
 class ContentIndex:
