@@ -259,6 +259,33 @@ def test_nearly_everything_removed_falls_back_to_exact(data):
         assert hnsw.query(q, k=5)[0].tolist() == oracle.query(q, k=5)[0].tolist()
 
 
+def test_a_large_graph_that_cannot_fill_a_query_answers_with_what_it_reaches(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """Thousands of identical vectors: hnswlib prunes the links between them and cannot
+    return 300. A small index answers exactly; a large one answers with as many as the graph
+    reaches, instead of scoring every vector (tens of ms per query at 100k items)."""
+    import online.retrieval as retrieval
+
+    rng = np.random.default_rng(0)
+    same = np.tile(rng.normal(size=(1, 8)), (3000, 1))
+    vectors = np.vstack([same, 0.1 * rng.normal(size=(100, 8))]).astype(np.float32)
+    hnsw = make("hnsw", dim=8, ef=50, num_threads=1)
+    oracle = BruteForceRetriever(8)
+    for r in (hnsw, oracle):
+        r.upsert(np.arange(len(vectors)), vectors)
+    ids, scores = hnsw.query(vectors[0], 300)
+    assert hnsw.stats["exact_fallbacks"] == 1  # the graph could not fill it...
+    want_scores = oracle.query(vectors[0], 300)[1]
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-6)  # ...so it was answered exactly
+    monkeypatch.setattr(retrieval, "_EXACT_ANSWER_MAX", 1000)  # now a large index
+    ids, scores = hnsw.query(vectors[0], 300)
+    assert hnsw.stats["exact_fallbacks"] == 2
+    assert 0 < len(ids) < 300 and len(set(ids.tolist())) == len(ids)
+    np.testing.assert_allclose(scores, vectors[ids] @ vectors[0], rtol=1e-6)  # exact scores
+    assert np.mean(np.isclose(scores, want_scores[0], rtol=1e-6)) > 0.9  # mostly the best
+
+
 def test_per_query_ef_overrides_default(built, data):
     hnsw, oracle = built
     _, queries = data
