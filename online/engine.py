@@ -50,6 +50,7 @@ from feedback.attribution import DecisionOutcome, JoinOutput, RewardJoiner
 from feedback.decisions import DecisionLog, InMemoryDecisionLog
 from feedback.events import Context, Decision, Event, SlateEntry
 from feedback.rewards import RewardFunction
+from online._duplicates import DuplicateCap
 from online._gil import TimedRLock, write_parts, yielding
 from online.bandit import BanditReranker, CandidateColumns
 from online.catalog import Catalog, CatalogView
@@ -482,6 +483,9 @@ class Engine:
         self._fresh_pool: tuple[int, int, np.ndarray] | None = None
         self._dirty: OrderedDict[int, None] = OrderedDict()  # dense indexes to re-index
         self._sweep_at = 0
+        # places in the CF index per identical vector: derived from the index, rebuilt from
+        # it at the first refresh (also after a load), the learning thread's alone
+        self._duplicates: DuplicateCap | None = None
         self._sweep_started = time.monotonic()
         self.last_sweep_s: float | None = None
         self.base_version = base_version
@@ -556,6 +560,8 @@ class Engine:
             "dirty_items": float(len(self._dirty)),
             "last_sweep_s": float("nan") if self.last_sweep_s is None else self.last_sweep_s,
             "indexed_items": float(len(self._cf_index)),
+            # CF queries the graph could not fill (answered exactly, or with fewer items)
+            "short_queries": float(self._cf_index.stats["exact_fallbacks"]),
             "content_items": float(len(content.index)) if content is not None else 0.0,
             "content_catalog_lag": float(
                 content is not None and content.version != self.catalog.version
@@ -1066,6 +1072,11 @@ class Engine:
         keep = np.abs(vectors[:, :-1]).sum(axis=1) > 0  # no learned signal yet: not indexed
         ids = idx[keep]
         vectors = vectors[keep]
+        # a few items per identical vector (see online._duplicates): the others leave
+        admitted, lost = self._duplicate_cap(index).admit(ids, vectors)
+        if lost.size:
+            index.remove(lost)
+        ids, vectors = ids[admitted], vectors[admitted]
         if not len(ids):
             return 0
         # only vectors that moved are written (the sweep revisits mostly unchanged ones), and
@@ -1092,6 +1103,23 @@ class Engine:
         else:
             index.upsert(ids[moved], vectors[moved])
         return int(moved.sum())
+
+    def _duplicate_cap(self, index: HNSWRetriever) -> DuplicateCap:
+        """The places per identical vector, rebuilt from ``index`` when there is none yet
+        (a new engine, or one just loaded); the items of an older index beyond the cap leave
+        it then."""
+        cap = self._duplicates
+        if cap is None or cap.cap != self.settings.cf_max_identical:
+            cap = DuplicateCap(self.settings.cf_max_identical)
+            vectors, live = index.stored(np.arange(len(self.catalog.view().ids)))
+            rows = np.flatnonzero(live)
+            extra = cap.rebuild(rows, vectors[rows])
+            if extra.size:
+                index.remove(extra)
+                logger.info("%d items beyond %d per identical vector left the CF index",
+                            extra.size, cap.cap)  # fmt: skip
+            self._duplicates = cap
+        return cap
 
     # -- snapshots --------------------------------------------------------------------------
 

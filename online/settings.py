@@ -99,6 +99,11 @@ class EngineSettings(BaseSettings):
     queue. Unset: write everything every refresh (a filling index then took most of a core
     beside the requests)."""
 
+    cf_max_identical: int = Field(4, ge=1)
+    """Most items with the very same learned vector in the CF index (items known only by
+    their artist and genres share one): an HNSW graph cannot hold large groups of identical
+    points, and the channel needs only a few of them (see ``online._duplicates``)."""
+
     index_sweep_batch: int = Field(2000, ge=0)
     """Item vectors re-indexed per learner cycle by the round-robin sweep (bounds staleness
     from shared latents such as genres)."""

@@ -65,6 +65,24 @@ def test_index_refresh_writes_only_vectors_that_moved(small_catalog: Catalog, wo
     stored, live = engine._cf_index.stored(np.arange(len(small_catalog)))
     items = small_catalog.get_many(small_catalog.ids.tolist())
     want = engine.relevance.item_vectors(items)  # type: ignore[arg-type]
-    indexed = np.abs(want[:, :-1]).sum(axis=1) > 0
-    np.testing.assert_array_equal(stored[indexed], want[indexed])  # exact vectors are current
-    assert live[indexed].all()
+    learned = np.abs(want[:, :-1]).sum(axis=1) > 0
+    np.testing.assert_array_equal(stored[live], want[live])  # exact vectors are current
+    assert not live[~learned].any()
+    # every learned vector is in the index, with at most `cap` items per identical vector
+    cap = engine.settings.cf_max_identical
+    groups: dict[bytes, list[bool]] = {}
+    for row in np.flatnonzero(learned).tolist():
+        groups.setdefault(want[row].tobytes(), []).append(bool(live[row]))
+    assert max(len(g) for g in groups.values()) > cap  # the catalog has such groups
+    assert all(sum(g) == min(len(g), cap) for g in groups.values())
+
+
+def test_an_index_holding_more_identical_vectors_than_the_cap_is_trimmed(small_catalog: Catalog):
+    """A CF index saved before the cap (or with a larger one) keeps the lowest rows of each
+    group of identical vectors at the first refresh after it is loaded."""
+    engine = make_engine(small_catalog, cf_max_identical=2)
+    rows = np.arange(10, 16)
+    engine._cf_index.upsert(rows, np.ones((len(rows), engine.relevance.dim), dtype=np.float32))
+    engine.refresh_index()
+    _, live = engine._cf_index.stored(rows)
+    assert live.tolist() == [True, True, False, False, False, False]
