@@ -50,6 +50,24 @@ class StageFailed(Exception):
         self.reason = reason
 
 
+class _Ticket:
+    """Who logs one list's decision: the worker thread that computed it in time, or the
+    event loop that served the fallback instead. The first to claim it does; a worker that
+    finishes after its list timed out logs nothing, so the log holds the list served."""
+
+    __slots__ = ("_lock", "_owner")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: str | None = None
+
+    def claim(self, who: str) -> bool:
+        with self._lock:
+            if self._owner is None:
+                self._owner = who
+            return self._owner == who
+
+
 @dataclass(slots=True)
 class Request:
     user_id: str
@@ -152,17 +170,34 @@ class Recommender:
         return result
 
     def _run(
-        self, engine: Engine, req: Request, now: float, enqueued: float, queued: bool
-    ) -> tuple[Decision, bytes | None]:
-        """The decision and its JSON for the log: encoded here, on the worker thread, it
-        is not work for the event loop, which every request passes through (at 150 lists/s
-        the encoding was a sixth of that thread's time)."""
+        self,
+        engine: Engine,
+        req: Request,
+        now: float,
+        enqueued: float,
+        queued: bool,
+        ticket: _Ticket,
+    ) -> tuple[Decision, bool]:
+        """The decision, and whether it was logged. A computed list is encoded and logged
+        here, on the worker thread: neither is work for the event loop, which every request
+        passes through (at 150 lists/s the encoding alone was a sixth of that thread's time;
+        with Redis the log is a network round trip)."""
         try:
             decision = self._run_stages(engine, req, now, enqueued, queued)
-            return decision, decision.to_json() if decision.slate else None
+            logged = bool(decision.slate) and ticket.claim("worker")
+            if logged:
+                self._log(engine, decision, decision.to_json())
+            return decision, logged
         finally:
             with self._in_flight_lock:
                 self._in_flight -= 1
+
+    @staticmethod
+    def _log(engine: Engine, decision: Decision, encoded: bytes | None = None) -> None:
+        try:
+            engine.decisions.put(decision, encoded)
+        except Exception:  # the list is still served; its feedback teaches relevance only
+            logger.exception("could not log the decision %s", decision.request_id)
 
     def _run_stages(
         self, engine: Engine, req: Request, now: float, enqueued: float, queued: bool
@@ -210,14 +245,23 @@ class Recommender:
         with self._in_flight_lock:
             queued = self._in_flight >= self.settings.workers
             self._in_flight += 1
-        future = loop.run_in_executor(self._pool, self._run, engine, req, now, started, queued)
+        ticket = _Ticket()
+        future = loop.run_in_executor(
+            self._pool, self._run, engine, req, now, started, queued, ticket
+        )
         reason: str | None = None
         decision: Decision | None = None
-        encoded: bytes | None = None
+        logged = False
         try:
-            decision, encoded = await asyncio.wait_for(
-                asyncio.shield(future), timeout=self.settings.budget_ms / 1000
-            )
+            try:
+                decision, logged = await asyncio.wait_for(
+                    asyncio.shield(future), timeout=self.settings.budget_ms / 1000
+                )
+            except TimeoutError:
+                if ticket.claim("loop"):
+                    raise
+                # the list was computed in time and its thread is logging it: serve it
+                decision, logged = await future
         except TimeoutError:
             reason = "timeout"
             # the stages keep running on their thread; its result is dropped, not served
@@ -232,12 +276,9 @@ class Recommender:
             decision = None
         if decision is None:
             decision = self.fallback(engine, req, now=now, popular=popular, reason=reason)
-            encoded = None
-        if decision.slate:
-            try:
-                engine.decisions.put(decision, encoded)
-            except Exception:  # the list is still served; its feedback teaches relevance only
-                logger.exception("could not log the decision %s", decision.request_id)
+            logged = False
+        if decision.slate and not logged:
+            self._log(engine, decision)
         took = (time.perf_counter() - started) * 1000
         self.metrics.stage_latency.labels("total").observe(took / 1000)
         self.metrics.recommendations.labels(reason or "none").inc()

@@ -288,6 +288,66 @@ def test_a_slow_stage_answers_within_budget_with_a_fallback(
     assert client.post("/v1/recommend", json={"user_id": "u", "k": 10}).json()["fallback"] is None
 
 
+def test_the_log_holds_the_list_served_when_the_computed_one_came_too_late(
+    make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+):
+    """A list whose last stage finished after the budget is not logged: the fallback the
+    client got is, so the reward join credits what was shown."""
+    client, engine = served(
+        make_client, serving=ServingSettings(budget_ms=100, breaker_min_calls=50)
+    )
+    real = engine.make_slate
+    finished = threading.Event()
+
+    def slow(*args: object, **kwargs: object):
+        time.sleep(0.4)
+        try:
+            return real(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(engine, "make_slate", slow)
+    body = client.post("/v1/recommend", json={"user_id": "u", "k": 10}).json()
+    assert body["fallback"] == "timeout"
+    assert finished.wait(5)
+    time.sleep(0.1)  # the late list's thread has claimed, or not, by now
+    logged = engine.decisions.get(body["request_id"])
+    assert logged is not None
+    assert [e.item_id for e in logged.slate] == [x["item_id"] for x in body["items"]]
+    assert all(e.features == {} for e in logged.slate)  # the fallback's entries, not the bandit's
+
+
+def test_a_computed_list_is_logged_on_its_worker_thread_and_served_even_if_logging_is_slow(
+    make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+):
+    """The event loop neither encodes nor writes a computed list's decision. A log slower
+    than the budget (a Redis round trip that stalls) does not turn a list computed in time
+    into a fallback whose decision would then be missing."""
+    client, engine = served(
+        make_client, serving=ServingSettings(budget_ms=100, breaker_min_calls=50)
+    )
+    real = engine.decisions.put
+    threads: list[str] = []
+
+    def put(decision: Any, encoded: bytes | None = None) -> None:
+        threads.append(threading.current_thread().name)
+        if decision.user_id == "slow-log":
+            time.sleep(0.4)
+        real(decision, encoded)
+
+    monkeypatch.setattr(engine.decisions, "put", put)
+    fine = client.post("/v1/recommend", json={"user_id": "u", "k": 10}).json()
+    assert fine["fallback"] is None
+    assert threads == [threads[0]] and threads[0].startswith("segue-recommend")
+    slow = client.post("/v1/recommend", json={"user_id": "slow-log", "k": 10}).json()
+    assert slow["fallback"] is None and len(slow["items"]) == 10
+    for body in (fine, slow):
+        logged = engine.decisions.get(body["request_id"])
+        assert logged is not None
+        assert [e.item_id for e in logged.slate] == [x["item_id"] for x in body["items"]]
+        assert [e.propensity for e in logged.slate] == [x["propensity"] for x in body["items"]]
+
+
 def test_waiting_for_the_engine_lock_is_not_a_stage_failure_but_own_slowness_is(
     make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
 ):
