@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -69,6 +70,13 @@ class HealthOut(BaseModel):
     checks: dict[str, str] = {}
 
 
+def apply_switch_interval(settings: Settings) -> None:
+    """Set the interpreter's switch interval of a serving process (see
+    ``ServingSettings.gil_switch_ms``)."""
+    if settings.serving.gil_switch_ms is not None:
+        sys.setswitchinterval(settings.serving.gil_switch_ms / 1000)
+
+
 def worker_app() -> FastAPI:
     """One process of ``segue serve --workers N`` (uvicorn calls this in each worker):
     settings from the environment, snapshots followed from ``CURRENT`` (the learner runs as
@@ -79,6 +87,7 @@ def worker_app() -> FastAPI:
     settings = load_settings()
     app = create_app(settings, embedded_learner=False)
     app.state.services.metrics.forget_dead_workers()
+    apply_switch_interval(settings)
     freeze_heap()
     HeapGuard(settings.gc_reclaim_s).start()
     return app

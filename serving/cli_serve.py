@@ -42,7 +42,7 @@ def serve(
     import uvicorn
 
     from online.heap import HeapGuard, freeze_heap
-    from serving.app import create_app
+    from serving.app import apply_switch_interval, create_app
     from serving.logs import configure_logging
 
     configure_logging(log_level)
@@ -78,6 +78,7 @@ def serve(
             uvicorn.run("serving.app:worker_app", factory=True, workers=workers, **listen)
         return
     app = create_app(settings, demo=demo, embedded_learner=learner)
+    apply_switch_interval(settings)
     freeze_heap()
     with HeapGuard(settings.gc_reclaim_s):
         uvicorn.run(app, **listen)

@@ -75,6 +75,13 @@ class ServingSettings(BaseSettings):
     workers: int = Field(4, ge=1, le=64)
     """Threads computing lists (the models hold one lock; more threads absorb slow stages)."""
 
+    gil_switch_ms: float | None = Field(1.0, gt=0, le=100)
+    """The interpreter's switch interval in the service (``sys.setswitchinterval``; unset:
+    Python's 5 ms). A list's thread that hands the interpreter lock over (an ANN search, a
+    numpy call) waits up to this long to get it back while another thread runs Python: at
+    1M items and 150 lists/s, 1 ms brought the median p99 from 17.9 to 14.9 ms at the same
+    CPU per list (BENCHMARKS.md)."""
+
     catalog_sync_s: float = Field(0.5, gt=0)
     """How often the service reads catalog rows other processes wrote (``segue catalog
     import``, other workers' ``POST /v1/items``): an item made unavailable anywhere leaves

@@ -489,3 +489,22 @@ def test_a_restarted_service_reads_its_content_index_instead_of_building_it(
     third = make_client(tmp_path / "other", embedding_dim=8, serving={"content_index_cache": False})
     assert not (tmp_path / "other" / "content-index").exists()
     assert engine_of(third).content_index.restored is False  # type: ignore[union-attr]
+
+
+def test_the_service_sets_the_interpreters_switch_interval(tmp_path):
+    """``segue serve`` (and each ``--workers`` process) shortens the interpreter's switch
+    interval to the setting; unset, Python's own stays."""
+    import sys
+
+    from serving.app import apply_switch_interval
+    from serving.settings import Settings
+
+    before = sys.getswitchinterval()
+    try:
+        apply_switch_interval(Settings(data_dir=tmp_path))
+        assert sys.getswitchinterval() == pytest.approx(0.001)
+        sys.setswitchinterval(0.005)
+        apply_switch_interval(Settings(data_dir=tmp_path, serving={"gil_switch_ms": None}))
+        assert sys.getswitchinterval() == pytest.approx(0.005)
+    finally:
+        sys.setswitchinterval(before)
