@@ -1023,7 +1023,9 @@ class Engine:
         ``len(dirty) / index_refresh_batch`` cycles; every catalog item is revisited once per
         full sweep (``index_lag()['last_sweep_s']``), which also brings in new items whose
         artist or genre latents give them a vector before their first play. Items with no
-        learned signal yet (a zero latent part) are left out of the index.
+        learned signal yet (a zero latent part) are left out of the index, and so are items
+        beyond ``cf_max_identical`` sharing one identical vector (see
+        :mod:`online._duplicates`).
 
         Call it from the thread that calls :meth:`learn` (the learner's): it reads the
         relevance model outside the engine lock, which is safe only beside no other writer.
