@@ -344,6 +344,7 @@ class Learner:
                 stop.wait(1.0)
                 continue
             if n == 0:
+                self._refresh_when_idle()
                 if wake is not None:
                     wake.wait(poll)
                     wake.clear()
@@ -354,6 +355,20 @@ class Learner:
                 self.cut()
             except Exception:
                 logger.exception("could not cut the snapshot on stop")
+
+    def _refresh_when_idle(self) -> None:
+        """Work through the queue of moved items while no events come. After a burst of
+        feedback it held 280-330k of a 1M catalog, and the CF index stopped filling when the
+        events stopped (a refresh ran only after a learned batch)."""
+        now = time.monotonic()
+        if now - self._last_refresh < self.settings.index_refresh_interval_s:
+            return
+        self._last_refresh = now
+        if self.engine.index_lag()["dirty_items"]:
+            try:
+                self.engine.refresh_index()
+            except Exception:  # the next batch's refresh retries; learning goes on
+                logger.exception("index refresh failed")
 
     def start(self, stop: threading.Event, wake: threading.Event | None = None) -> threading.Thread:
         """Run in a daemon thread (the embedded mode of ``segue serve``)."""

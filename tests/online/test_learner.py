@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -348,3 +350,29 @@ def test_closed_lists_are_stored_once_for_off_policy_evaluation(stream: Stream, 
     path.write_text("".join(orjson.dumps(r).decode() + "\n" for r in stored))
     data = load_decision_log(path)
     assert data.n_rows == sum(len(r["impressed"]) for r in stored)
+
+
+def test_an_idle_learner_still_works_through_the_queue_of_moved_items(stream: Stream):
+    """After the events stop, the moved items still waiting reach the CF index: a refresh
+    ran only after a learned batch, so the index stopped filling with the traffic."""
+    stream.add(30)
+    settings = LEARNER.model_copy(update={"index_refresh_interval_s": 0.01})
+    engine = Engine(
+        stream.catalog,
+        SETTINGS.model_copy(update={"index_refresh_batch": 5, "index_sweep_batch": 0}),
+        settings,
+        decisions=stream.decisions,
+    )
+    learner = Learner(engine, stream.log)
+    learner.run_until_caught_up()
+    waiting = engine.index_lag()["dirty_items"]
+    assert waiting > 10  # five a refresh could not take them all
+    stop = threading.Event()
+    thread = learner.start(stop)
+    deadline = time.monotonic() + 10
+    while engine.index_lag()["dirty_items"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stop.set()
+    thread.join(10)
+    assert engine.index_lag()["dirty_items"] == 0
+    assert engine.events_learned == stream.total  # nothing new was learned meanwhile
