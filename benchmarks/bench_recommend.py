@@ -7,8 +7,8 @@
    catalog and building the HNSW content index.
 3. Warms the models over HTTP: --warm-lists lists are asked for, and their impressions, plays
    and skips (with the lists' request ids) plus organic plays are posted to /v1/feedback; it
-   waits until the learner has caught up, so the relevance model, the bandit and the CF index
-   hold learned state.
+   waits until the learner has caught up and has indexed the items the warm-up moved, so the
+   relevance model, the bandit and the CF index hold learned state.
 4. Each run, a separate client process sends POST /v1/recommend (k=--k) at --rate requests/s
    for --seconds, open loop: a request's latency is measured from its scheduled send time, so
    a slow server cannot hide its queue (no coordinated omission). The baseline in the same run
@@ -277,17 +277,26 @@ def wait_workers_current(port: int, timeout_s: float = 900) -> float:
     return float("nan")
 
 
-def wait_caught_up(port: int, timeout_s: float = 900) -> float:
+def wait_caught_up(port: int, timeout_s: float = 900) -> tuple[float, float]:
+    """Seconds until the learner has learned every accepted event, and until, after that,
+    the learner has also indexed every item the warm-up moved (the queue of moved items
+    drains about a minute at 1M items): the windows then measure a settled service."""
     conn = Conn(port)
     started = time.monotonic()
+    learned_s = float("nan")
     while time.monotonic() - started < timeout_s:
         text = metrics(conn)
-        accepted = metric_value(text, "segue_feedback_events_accepted_total")
-        learned = metric_value(text, "segue_learner_events_total")
-        if metric_value(text, "segue_learner_lag_events") == 0 and learned >= accepted:
-            return time.monotonic() - started
+        if learned_s != learned_s:  # NaN: not caught up yet
+            accepted = metric_value(text, "segue_feedback_events_accepted_total")
+            learned = metric_value(text, "segue_learner_events_total")
+            if metric_value(text, "segue_learner_lag_events") == 0 and learned >= accepted:
+                learned_s = time.monotonic() - started
+        if learned_s == learned_s:
+            _, body = conn.call("GET", "/v1/model")
+            if orjson.loads(body)["index"]["dirty_items"] == 0:
+                return learned_s, time.monotonic() - started
         time.sleep(0.5)
-    return float("nan")
+    return learned_s, float("nan")
 
 
 # -- the open-loop client ----------------------------------------------------------------------
@@ -590,10 +599,11 @@ def main() -> None:
             counts = warm(port, args.warm_lists, args.users, args.items, seed=1)
             conn = Conn(port)
             if learn_proc is None:
-                lag_s = wait_caught_up(port)
+                lag_s, indexed_s = wait_caught_up(port)
                 learned = metric_value(metrics(conn), "segue_learner_events_total")
                 print(f"warm-up: posted {counts}; learner caught up {lag_s:.0f} s later "
-                      f"({learned:,.0f} events learned)")  # fmt: skip
+                      f"({learned:,.0f} events learned), the items it moved indexed "
+                      f"{indexed_s:.0f} s later")  # fmt: skip
             else:
                 lag_s = wait_workers_current(port)
                 print(f"warm-up: posted {counts}; every worker served a snapshot with all of "
