@@ -1111,7 +1111,7 @@ class Engine:
         (a new engine, or one just loaded); the items of an older index beyond the cap leave
         it then."""
         cap = self._duplicates
-        if cap is None or cap.cap != self.settings.cf_max_identical:
+        if cap is None:
             cap = DuplicateCap(self.settings.cf_max_identical)
             vectors, live = index.stored(np.arange(len(self.catalog.view().ids)))
             rows = np.flatnonzero(live)

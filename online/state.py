@@ -157,10 +157,7 @@ class Popularity:
 
     def scores(self, item_ids: Sequence[str], now: float) -> np.ndarray:
         """:meth:`score` for many items at once (0 for unknown items)."""
-        rows, known = self._rows(item_ids)
-        out = np.zeros(len(rows))
-        out[known] = self._long[rows[known]] * self._factor(now, self.half_life_s)
-        return out
+        return self.scores_and_trends(item_ids, now)[0]
 
     def count(self, item_id: str) -> int:
         """How many plays of ``item_id`` were ever counted."""
