@@ -283,20 +283,24 @@ def wait_caught_up(port: int, timeout_s: float = 900) -> tuple[float, float]:
     drains about a minute at 1M items): the windows then measure a settled service."""
     conn = Conn(port)
     started = time.monotonic()
-    learned_s = float("nan")
+    learned_s: float | None = None
     while time.monotonic() - started < timeout_s:
-        text = metrics(conn)
-        if learned_s != learned_s:  # NaN: not caught up yet
+        if learned_s is None:
+            text = metrics(conn)
             accepted = metric_value(text, "segue_feedback_events_accepted_total")
             learned = metric_value(text, "segue_learner_events_total")
             if metric_value(text, "segue_learner_lag_events") == 0 and learned >= accepted:
                 learned_s = time.monotonic() - started
-        if learned_s == learned_s:
-            _, body = conn.call("GET", "/v1/model")
-            if orjson.loads(body)["index"]["dirty_items"] == 0:
-                return learned_s, time.monotonic() - started
+        if learned_s is not None and cf_index(conn)["dirty_items"] == 0:
+            return learned_s, time.monotonic() - started
         time.sleep(0.5)
-    return learned_s, float("nan")
+    return float("nan") if learned_s is None else learned_s, float("nan")
+
+
+def cf_index(conn: Conn) -> dict[str, float]:
+    """The CF index's figures from ``/v1/model``: items queued, indexed, short queries."""
+    _, body = conn.call("GET", "/v1/model")
+    return orjson.loads(body)["index"]  # type: ignore[no-any-return]
 
 
 # -- the open-loop client ----------------------------------------------------------------------
@@ -601,9 +605,11 @@ def main() -> None:
             if learn_proc is None:
                 lag_s, indexed_s = wait_caught_up(port)
                 learned = metric_value(metrics(conn), "segue_learner_events_total")
+                cf = cf_index(conn)
                 print(f"warm-up: posted {counts}; learner caught up {lag_s:.0f} s later "
                       f"({learned:,.0f} events learned), the items it moved indexed "
-                      f"{indexed_s:.0f} s later")  # fmt: skip
+                      f"{indexed_s:.0f} s later; CF index {cf['indexed_items']:,.0f} items, "
+                      f"{cf['short_queries']:,.0f} queries it could not fill")  # fmt: skip
             else:
                 lag_s = wait_workers_current(port)
                 print(f"warm-up: posted {counts}; every worker served a snapshot with all of "
