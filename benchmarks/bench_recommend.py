@@ -21,7 +21,10 @@
    times, which include waits for the GIL; this is what a list costs.
 7. After the service stops: recall@500 of the content index against brute force (the same
    ContentIndex code, rebuilt in this process on the same catalog, which also times the
-   build), and the resident memory the service had (VmRSS).
+   build), and the resident memory the service had (VmRSS). Then recall of the CF index
+   (learned item vectors) against brute force, queried with warm-up listeners' vectors:
+   the newest snapshot's graph as served, and a fresh build over every learned item
+   (``cf_recall``).
 8. The machine's speed in each window: ``speed_probe`` (benchmarks/_common.py) times a fixed
    pure-Python loop in CPU time once a second from its own process; its median is printed
    with the window, so a window that fell in a slow phase of the machine shows as one.
@@ -57,6 +60,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -64,6 +68,9 @@ import numpy as np
 import orjson
 
 from benchmarks._common import machine, median, percentiles, rss_mb, serve, speed_probe
+
+if TYPE_CHECKING:
+    from online.settings import EngineSettings
 
 DIM = 64
 _DAY = 86_400.0
@@ -477,6 +484,73 @@ def recall_at(url: str, queries: int, ks: tuple[int, ...], ef: int) -> tuple[flo
     return build_s, out
 
 
+def cf_recall(
+    data: Path, url: str, n_users: int, queries: int, ks: tuple[int, ...]
+) -> dict[str, dict]:
+    """Recall@k of the CF index against brute force, from the newest snapshot the service
+    cut, queried with the vectors of warm-up listeners (the relevance model's own).
+
+    Two graphs: ``served``, the snapshot's CF index as the learner left it (linked
+    incrementally, some links older than the vectors), and ``rebuilt``, a fresh graph with the
+    engine's settings over every catalog item with a learned vector (what the index holds
+    once the learner has swept the whole catalog), which also times the build. Each is
+    checked against exact MIPS over the very vectors it holds. Per graph: the items it holds,
+    and per ``k`` (recall, query p99 in ms); ``rebuilt`` also has ``build_s``.
+    """
+    from online._duplicates import DuplicateCap
+    from online.catalog import Catalog
+    from online.engine import Engine
+    from online.retrieval import BruteForceRetriever, HNSWRetriever
+    from snapshots import SnapshotStore
+
+    loaded = SnapshotStore(data / "snapshots").load_current()
+    if loaded is None:
+        return {}
+    catalog = Catalog(url, embedding_dim=DIM)
+    engine = Engine.load(loaded.snapshot.path, catalog)
+    s, relevance = engine.settings, engine.relevance
+    n_rows = len(catalog.view().ids)
+    rows = np.arange(n_rows)
+    vectors = np.concatenate(
+        [
+            relevance.item_vectors_of(catalog.feature_columns(part.tolist()))
+            for part in np.array_split(rows, max(1, rows.size // 50_000))
+        ]
+    )
+    learned = np.abs(vectors[:, :-1]).sum(axis=1) > 0  # as refresh_index: signal only
+    rows, vectors = rows[learned], vectors[learned]
+    admitted, _ = DuplicateCap(s.cf_max_identical).admit(rows, vectors)
+    rows, vectors = rows[admitted], vectors[admitted]
+    rebuilt = HNSWRetriever(vectors.shape[1], M=s.hnsw_m, ef=s.hnsw_ef,
+                            num_threads=s.index_threads, seed=s.seed)  # fmt: skip
+    started = time.perf_counter()
+    rebuilt.upsert(rows, vectors)
+    build_s = time.perf_counter() - started
+    rng = np.random.default_rng(11)
+    users = [f"u{int(u)}" for u in rng.choice(n_users, size=queries, replace=False)]
+    contexts = [{"device": ("ios", "android", "web")[i % 3]} for i in range(queries)]
+    qs = [relevance.user_vector(u, c) for u, c in zip(users, contexts, strict=True)]
+    out: dict[str, dict] = {}
+    for name, index in (("served", engine.cf_index), ("rebuilt", rebuilt)):
+        held = np.flatnonzero(index.stored(np.arange(n_rows))[1])
+        exact = BruteForceRetriever(index.dim)
+        exact.upsert(held, index.stored(held)[0])
+        out[name] = {"items": int(held.size)}
+        for k in ks:
+            hits, wanted, times = 0, 0, []
+            for q in qs:
+                t = time.perf_counter()
+                got, _ = index.query(q, k)
+                times.append(time.perf_counter() - t)
+                want, _ = exact.query(q, k)
+                hits += len(np.intersect1d(got, want))
+                wanted += len(want)
+            out[name][k] = (hits / max(1, wanted), percentiles(times, (99,))["p99"] * 1000)
+    out["rebuilt"]["build_s"] = build_s
+    catalog.close()
+    return out
+
+
 REDIS_URL = "redis://127.0.0.1:6379/14"
 
 
@@ -680,8 +754,11 @@ def main() -> None:
             _drop_redis_keys(prefix)
         ef = args.recall_ef or _engine_ef()
         recalls = None
+        cf_k = (_engine_settings().cf_candidates, 500)
+        cf_recalls: dict[str, dict] = {}
         if args.recall_queries > 0:  # 0: skip (at 8.2M the rebuild takes a quarter hour)
             build_s, recalls = recall_at(url, args.recall_queries, (500, 100), ef)
+            cf_recalls = cf_recall(data, url, args.users, args.recall_queries, cf_k)
 
     print()
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (1 min)")
@@ -719,6 +796,16 @@ def main() -> None:
             f"| HNSW M=16, ef={ef}, {args.items:,} x {DIM} | {build_s:.0f} s | {recall:.3f} | "
             f"{recall_100:.3f} | {q99:.1f} ms (k=500), {q99_100:.1f} ms (k=100) |"
         )
+    if cf_recalls:
+        print()
+        print(f"| CF index (newest snapshot) | items | build | recall@{cf_k[0]} (what a list "
+              f"asks) | recall@{cf_k[1]} | query p99 |")  # fmt: skip
+        print("|---|---|---|---|---|---|")
+        for name, got in cf_recalls.items():
+            (r0, q0), (r1, q1) = got[cf_k[0]], got[cf_k[1]]
+            build = f"{got['build_s']:.1f} s" if "build_s" in got else "-"
+            print(f"| {name} | {got['items']:,} | {build} | {r0:.3f} | {r1:.3f} | "
+                  f"{q0:.1f} ms (k={cf_k[0]}), {q1:.1f} ms (k={cf_k[1]}) |")  # fmt: skip
     layout = (
         "one process, embedded learner"
         if args.workers == 1
@@ -730,10 +817,14 @@ def main() -> None:
     )
 
 
-def _engine_ef() -> int:
+def _engine_settings() -> EngineSettings:
     from online.settings import EngineSettings
 
-    return EngineSettings().hnsw_ef
+    return EngineSettings()
+
+
+def _engine_ef() -> int:
+    return _engine_settings().hnsw_ef
 
 
 if __name__ == "__main__":

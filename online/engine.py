@@ -550,6 +550,12 @@ class Engine:
         return self._popularity
 
     @property
+    def cf_index(self) -> HNSWRetriever:
+        """The ANN index over learned item vectors, to read (benchmarks, diagnostics): the
+        learner alone writes it, through :meth:`refresh_index`."""
+        return self._cf_index
+
+    @property
     def join_stats(self) -> dict[str, int]:
         return self._joiner.stats
 
