@@ -70,6 +70,28 @@ def demo_vectors(
     return out
 
 
+def demo_relevance_vectors(
+    n: int, dim: int, seed: int = 0, *, listeners: bool = False
+) -> np.ndarray:
+    """``n`` vectors shaped like the relevance model's, float32 ``(n, dim)``.
+
+    Items (the default): ``[latent sums, bias]``, small clustered latents and a bias with a
+    wide log-normal spread, which dominates every inner product as the learned biases do.
+    ``listeners=True``: ``[latent sums, 1]``, the queries of the CF index.
+
+    >>> items = demo_relevance_vectors(100, 17, seed=1)
+    >>> users = demo_relevance_vectors(3, 17, seed=2, listeners=True)
+    >>> items.shape, bool((users[:, -1] == 1).all()), bool((items[:, -1] > 0).all())
+    ((100, 17), True, True)
+    """
+    if listeners:
+        latents = demo_vectors(n, dim - 1, seed=seed) * np.float32(0.9)
+        return np.hstack([latents, np.ones((n, 1), dtype=np.float32)])
+    latents = demo_vectors(n, dim - 1, seed=seed) * np.float32(0.4)
+    bias = np.random.default_rng(seed).lognormal(-1.5, 0.7, n).astype(np.float32)
+    return np.hstack([latents, bias[:, None]])
+
+
 def generate_demo_catalog(
     n_items: int,
     *,

@@ -523,7 +523,12 @@ class Engine:
     def _new_index(self, dim: int) -> HNSWRetriever:
         s = self.settings
         return HNSWRetriever(
-            dim, M=s.hnsw_m, ef=s.hnsw_ef, num_threads=s.index_threads, seed=s.seed
+            dim,
+            M=s.hnsw_m,
+            ef=s.hnsw_ef,
+            num_threads=s.index_threads,
+            seed=s.seed,
+            space=s.cf_index_space,
         )
 
     # -- introspection ----------------------------------------------------------------------
@@ -568,6 +573,8 @@ class Engine:
             "indexed_items": float(len(self._cf_index)),
             # CF queries the graph could not fill (answered exactly, or with fewer items)
             "short_queries": float(self._cf_index.stats["exact_fallbacks"]),
+            # CF items longer than its L2 graph's radius, which every query scores exactly
+            "beyond_radius": float(self._cf_index.stats["beyond_radius"]),
             "content_items": float(len(content.index)) if content is not None else 0.0,
             "content_catalog_lag": float(
                 content is not None and content.version != self.catalog.version
@@ -1235,22 +1242,25 @@ class Engine:
         pool = ThreadPoolExecutor(1, thread_name_prefix="segue-load")
         try:
             started = clock()
+            meta = json.loads((directory / "engine.json").read_text())
+            if meta.get("format") != _FORMAT:
+                raise ValueError(f"{directory / 'engine.json'}: not a {_FORMAT} snapshot")
+            settings = settings or EngineSettings(**meta["settings"])
+            space = settings.cf_index_space
 
             def cf_index() -> HNSWRetriever:
                 begun = clock()
-                index = HNSWRetriever.load(directory / "cf_index")
+                # a graph saved in another space is rebuilt in this one (see HNSWRetriever.load)
+                index = HNSWRetriever.load(directory / "cf_index", space=space)
                 spent["cf_index"] = clock() - begun
                 return index
 
             # the ANN index is mostly file reads and copies in C: it loads beside the Python
             # parts below (models, counters), which need the GIL
             cf = pool.submit(cf_index)
-            meta = json.loads((directory / "engine.json").read_text())
-            if meta.get("format") != _FORMAT:
-                raise ValueError(f"{directory / 'engine.json'}: not a {_FORMAT} snapshot")
             engine = cls(
                 catalog,
-                settings or EngineSettings(**meta["settings"]),
+                settings,
                 learner,
                 decisions=decisions,
                 base_version=version,

@@ -19,15 +19,31 @@ Exceptions
 
 Design of :class:`HNSWRetriever`
 --------------------------------
-**MIPS.** The graph lives in hnswlib's ``'ip'`` space (distance ``1 - <q, x>``) and the
-returned scores are exact inner products recomputed from the stored vectors. We measured the
-textbook alternative, the norm-augmentation reduction to L2 (index ``[x, sqrt(M^2-||x||^2)]``,
-query ``[q, 0]``): on clustered 64-d vectors with log-normal norms (sigma 0.3), 50k items,
-recall@500 at ef=800 was 0.37 with the reduction and 0.97 with ``'ip'`` (recall@100 at ef=200
-with sigma 0.5: 0.07 against 0.95). The reduction puts every query far outside the data, where
-greedy graph search fails; the non-metric ``'ip'`` graph does not (Morozov and Babenko,
-NeurIPS 2018). Recall is asserted against :class:`BruteForceRetriever` in the tests and
-reported by ``benchmarks/bench_ann.py``. Vectors of any norm can be added at any time.
+**MIPS.** Returned scores are always exact inner products recomputed from the stored
+vectors; the graph only steers the search, in one of two spaces (``space``). Which one
+finds more of the true top k depends on the vectors, so each index uses the one measured on
+vectors like its own:
+
+- ``'ip'``: hnswlib's inner-product space (distance ``1 - <q, x>``), a non-metric graph
+  (Morozov and Babenko, NeurIPS 2018). On clustered 64-d vectors with log-normal norms
+  (sigma 0.3), 50k items, recall@500 at ef=800 was 0.96. The content index uses it.
+- ``'l2'``: the norm-augmentation reduction (Bachrach et al., RecSys 2014): the graph holds
+  ``[x, sqrt(R^2 - ||x||^2)]`` in hnswlib's L2 space and is searched with ``[q, 0]``, whose
+  squared distances are ``||q||^2 + R^2 - 2 <q, x>``, so the nearest are exactly the largest
+  inner products. On the clustered vectors above it reached 0.37, because every query then
+  sits far outside the data. On the relevance model's item vectors ``[latent sums, bias]``,
+  where the bias column dominates, it is the other way round: recall@300 at ef=200 was 1.000
+  against 0.127 for ``'ip'`` on a million of them (``bench_ann.py --vectors relevance``; the
+  same query time, a build 2.3 times longer), and 1.000 against 0.348 on the learned index of
+  ``bench_recommend.py``. The ``'ip'`` graph links every point to the few with the largest
+  bias, and greedy search ends there. The CF index uses it. ``R`` is ``_RADIUS_HEADROOM``
+  times the longest vector when the graph is built; a vector written later that is longer
+  than ``R`` (the model grew) is linked with a zero last coordinate and, since the reduction
+  cannot rank it, also scored exactly by every query until a rebuild re-derives ``R``, which
+  a write does once more than ``_overflow_limit()`` vectors are beyond it.
+
+Recall is asserted against :class:`BruteForceRetriever` in the tests and reported by
+``benchmarks/bench_ann.py`` and ``benchmarks/bench_recommend.py``.
 
 **Concurrency.** hnswlib's ``knn_query`` must never run during ``add_items``,
 ``resize_index`` or ``mark_deleted`` (hnswlib issues 562, 590). A readers-writer lock guards
@@ -93,6 +109,14 @@ logger = logging.getLogger("segue.retrieval")
 # a query hnswlib cannot fill is answered exactly up to this many searchable vectors
 # (about a millisecond of scoring); past it, with what the graph reaches
 _EXACT_ANSWER_MAX = 20_000
+
+SPACES = ("ip", "l2")
+"""The MIPS graphs :class:`HNSWRetriever` can build (see the module doc)."""
+
+# space "l2": the radius of the reduction is this many times the longest vector when a graph
+# is built, so vectors that grow later still fit: a longer radius only adds a near-constant
+# coordinate, and exact search orders the same either way
+_RADIUS_HEADROOM = 2.0
 
 
 class RetrieverFormatError(ValueError):
@@ -429,7 +453,8 @@ class HNSWRetriever(_ExactVectors):
     and ``growth`` the resize factor; ``write_batch`` bounds how many vectors one write adds
     while queries wait, and ``write_slice_s`` how long (the next slice is sized from the last
     one's cost per vector); ``seed`` seeds the graph's level generator (a build is reproducible
-    only with ``num_threads=1``).
+    only with ``num_threads=1``); ``space`` is the graph's MIPS space, ``'ip'`` or ``'l2'``
+    (see the module doc).
     """
 
     def __init__(
@@ -445,9 +470,12 @@ class HNSWRetriever(_ExactVectors):
         write_batch: int = 1024,
         write_slice_s: float = 0.004,
         seed: int = 0,
+        space: str = "ip",
     ) -> None:
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
+        if space not in SPACES:
+            raise ValueError(f"space must be one of {SPACES}, got {space!r}")
         if write_slice_s <= 0:
             raise ValueError(f"write_slice_s must be > 0, got {write_slice_s}")
         if growth <= 1.0:
@@ -465,6 +493,7 @@ class HNSWRetriever(_ExactVectors):
         self.write_slice_s = write_slice_s
         self._per_write_s = 0.0  # seconds per vector of the last slice written (sizes the next)
         self.seed = seed
+        self.space = space
 
         self._table = _VectorTable(dim)
         self._lock = _ReadWriteLock()
@@ -474,6 +503,10 @@ class HNSWRetriever(_ExactVectors):
         self._n_live = 0
         self._exact_fallbacks = 0
         self._rebuilds = 0
+        # space "l2": the reduction's squared radius (0 until a first write), and the
+        # searchable ids whose stored vector is longer, which every query scores exactly
+        self._radius2 = 0.0
+        self._overflow = np.zeros(0, dtype=np.int64)
 
     # -- introspection -------------------------------------------------------------------
 
@@ -482,14 +515,16 @@ class HNSWRetriever(_ExactVectors):
 
     def _params(self) -> dict:
         names = ["M", "ef_construction", "ef", "num_threads", "capacity", "growth"]
-        return {n: getattr(self, n) for n in [*names, "write_batch", "write_slice_s", "seed"]}
+        more = ["write_batch", "write_slice_s", "seed", "space"]
+        return {n: getattr(self, n) for n in [*names, *more]}
 
     def __len__(self) -> int:
         return self._n_live
 
     @property
     def stats(self) -> dict[str, int]:
-        """Searchable ids, graph slots and elements, rebuilds and exact fallbacks so far."""
+        """Searchable ids, graph slots and elements, rebuilds and exact fallbacks so far,
+        and (space ``'l2'``) the ids scored exactly for being longer than the radius."""
         index = self._index
         return {
             "searchable": self._n_live,
@@ -497,7 +532,38 @@ class HNSWRetriever(_ExactVectors):
             "graph_elements": 0 if index is None else index.get_current_count(),
             "rebuilds": self._rebuilds,
             "exact_fallbacks": self._exact_fallbacks,
+            "beyond_radius": int(self._overflow.size),
         }
+
+    # -- the space ------------------------------------------------------------------------
+
+    def _graph_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        """What the graph holds for ``vectors``: themselves (``'ip'``), or with the
+        reduction's last coordinate (``'l2'``; zero for one longer than the radius)."""
+        if self.space == "ip":
+            return vectors
+        n2 = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)
+        extra = np.sqrt(np.maximum(self._radius2 - n2, 0.0)).astype(np.float32)
+        return np.hstack([vectors, extra[:, None]])
+
+    def _graph_query(self, q: np.ndarray) -> np.ndarray:
+        return q if self.space == "ip" else np.append(q, np.float32(0.0))
+
+    def _note_lengths(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Space ``'l2'``: after ``vectors`` were stored for searchable ``ids`` (unique),
+        keep the set of ids longer than the radius current (under the write lock)."""
+        if self.space == "ip" or not ids.size:
+            return
+        n2 = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)
+        beyond = ids[n2 > self._radius2]
+        if beyond.size or self._overflow.size:
+            kept = self._overflow[~np.isin(self._overflow, ids)]
+            self._overflow = np.union1d(kept, beyond).astype(np.int64)
+
+    def _overflow_limit(self) -> int:
+        """Ids beyond the radius a write tolerates before it rebuilds the graph with a new
+        one: each costs every query a dot product (4k of them about 0.1 ms)."""
+        return max(1024, self._n_live // 256)
 
     # -- writes --------------------------------------------------------------------------
 
@@ -513,6 +579,16 @@ class HNSWRetriever(_ExactVectors):
             return
         with self._writer:
             self._upsert_locked(ids, vectors)
+            self._rebuild_if_beyond_radius()
+
+    def _rebuild_if_beyond_radius(self) -> None:
+        """Space ``'l2'``: a new graph and radius once too many vectors outgrew the radius
+        (holds ``_writer``). The model's vectors grow while it is young and small, so this
+        happens a few times early and rarely once the index is large."""
+        if self._overflow.size > self._overflow_limit():
+            logger.info("%d vectors are longer than the L2 graph's radius: rebuilding",
+                        self._overflow.size)  # fmt: skip
+            self._rebuild()
 
     def _upsert_locked(
         self, ids: np.ndarray, vectors: np.ndarray, budget_s: float | None = None
@@ -533,6 +609,7 @@ class HNSWRetriever(_ExactVectors):
         if self._index is None:
             index = self._new_graph(self.capacity)
             with self._lock.write():
+                self._radius2 = self._radius2_for(vectors)
                 self._index = index
                 self._lock.forget_ef()
         deadline = None if budget_s is None else time.perf_counter() + budget_s
@@ -594,6 +671,7 @@ class HNSWRetriever(_ExactVectors):
             elif linked.any() and index is not None:
                 # only writers change the graph and this one holds `_writer`
                 old = index.get_items(ids[linked], return_type="numpy").astype(np.float32)
+                old = old[:, : self.dim]  # space "l2": without the reduction's coordinate
                 moved = np.linalg.norm(vectors[linked] - old, axis=1)
                 scale = np.maximum(np.linalg.norm(old, axis=1), 1e-12)
                 shift[linked] = moved / scale
@@ -602,8 +680,10 @@ class HNSWRetriever(_ExactVectors):
             if near.any():
                 with self._lock.write():
                     self._table.vectors[ids[near]] = vectors[near]
+                    self._note_lengths(ids[near], vectors[near])
             order = np.flatnonzero(relink)
             order = order[np.argsort(-shift[order], kind="stable")]  # new ids (inf) first
+            done = 0
             if order.size:
                 self._lock.yield_to_readers()
                 done = self._upsert_locked(ids[order], vectors[order], budget_s)
@@ -612,8 +692,9 @@ class HNSWRetriever(_ExactVectors):
                 if rest.size:  # over budget: exact vectors now, links later
                     with self._lock.write():
                         self._table.vectors[ids[rest]] = vectors[rest]
-                return done
-        return 0
+                        self._note_lengths(ids[rest], vectors[rest])
+            self._rebuild_if_beyond_radius()
+            return done
 
     def _upsert_slice(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         index = self._index
@@ -626,9 +707,10 @@ class HNSWRetriever(_ExactVectors):
             if needed > index.get_max_elements():
                 index.resize_index(max(needed, int(index.get_max_elements() * self.growth)))
             # a known label is updated in place; a masked (removed) one is also unmarked
-            index.add_items(vectors, ids, num_threads=self.num_threads)
+            index.add_items(self._graph_vectors(vectors), ids, num_threads=self.num_threads)
             self._in_graph[ids] = True
             self._table.vectors[ids] = vectors
+            self._note_lengths(ids, vectors)
             # counted, not summed: a sum over millions of ids would cost more than a small slice
             self._n_live += int(np.count_nonzero(~self._table.live[ids]))  # ids are unique
             self._table.live[ids] = True
@@ -642,6 +724,8 @@ class HNSWRetriever(_ExactVectors):
                     self._index.mark_deleted(label)
             self._table.live[hit] = False
             self._n_live -= hit.size
+            if self._overflow.size and hit.size:
+                self._overflow = self._overflow[~np.isin(self._overflow, hit)]
         return int(hit.size)
 
     def rebuild(self) -> None:
@@ -649,9 +733,16 @@ class HNSWRetriever(_ExactVectors):
         with self._writer:
             self._rebuild()
 
+    def _radius2_for(self, vectors: np.ndarray) -> float:
+        """Space ``'l2'``: the squared radius for a graph built over ``vectors``."""
+        if self.space == "ip" or not len(vectors):
+            return 0.0
+        longest = float(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64).max())
+        return _RADIUS_HEADROOM**2 * (longest if longest > 0 else 1.0)
+
     def _new_graph(self, slots: int) -> hnswlib.Index:
         """An empty graph of ``slots`` slots with this retriever's parameters."""
-        index = hnswlib.Index(space="ip", dim=self.dim)
+        index = hnswlib.Index(space=self.space, dim=self.dim + (self.space == "l2"))
         index.init_index(
             max_elements=max(slots, 1),
             M=self.M,
@@ -678,9 +769,15 @@ class HNSWRetriever(_ExactVectors):
             vectors = np.concatenate([vectors[keep], new_vectors])
         began = time.perf_counter()
         index = self._new_graph(max(self.capacity, int(ids.size * self.growth)))
-        for start in range(0, ids.size, 65_536):
-            stop = start + 65_536
-            index.add_items(vectors[start:stop], ids[start:stop], num_threads=self.num_threads)
+        old_radius2, self._radius2 = self._radius2, self._radius2_for(vectors)
+        try:
+            for start in range(0, ids.size, 65_536):
+                stop = start + 65_536
+                index.add_items(self._graph_vectors(vectors[start:stop]), ids[start:stop],
+                                num_threads=self.num_threads)  # fmt: skip
+        except BaseException:
+            self._radius2 = old_radius2  # the serving graph stays, with its radius
+            raise
         logger.info(
             "HNSW graph rebuilt: %d vectors in %.1f s on %d threads",
             ids.size,
@@ -697,6 +794,7 @@ class HNSWRetriever(_ExactVectors):
             self._in_graph[ids] = True
             self._index = index
             self._n_live = int(self._table.live.sum())
+            self._overflow = np.zeros(0, dtype=np.int64)  # the radius fits every vector
             self._lock.forget_ef()
             self._rebuilds += 1
 
@@ -720,20 +818,23 @@ class HNSWRetriever(_ExactVectors):
             fetch = min(k + excluded.size, self._n_live)
             labels = np.zeros(0, dtype=np.int64)
             if index is not None and fetch > 0:
+                gq = self._graph_query(q)
                 try:
-                    found, _ = index.knn_query(q[None, :], k=fetch, num_threads=1)
+                    found, _ = index.knn_query(gq[None, :], k=fetch, num_threads=1)
                     labels = found[0].astype(np.int64)
                 except RuntimeError:
                     # hnswlib reached fewer than `fetch` unmasked elements
                     self._exact_fallbacks += 1
-                    labels = self._short_answer(index, q, fetch)
+                    labels = self._short_answer(index, gq, fetch)
+                if self._overflow.size:  # longer than the L2 radius: scored exactly
+                    labels = np.union1d(labels, self._overflow)
             scores = self._table.vectors[labels] @ q
         if excluded.size:
             keep = ~np.isin(labels, excluded)
             labels, scores = labels[keep], scores[keep]
         return _top_k(labels, scores, k)
 
-    def _short_answer(self, index: hnswlib.Index, q: np.ndarray, fetch: int) -> np.ndarray:
+    def _short_answer(self, index: hnswlib.Index, gq: np.ndarray, fetch: int) -> np.ndarray:
         """The labels to score when the graph reached fewer than ``fetch`` elements: every
         searchable one while that is cheap, else as many as the graph can reach (halving
         the request until hnswlib answers). Scoring every vector of a large index took
@@ -744,7 +845,7 @@ class HNSWRetriever(_ExactVectors):
         k = fetch // 2
         while k >= 1:
             try:
-                found, _ = index.knn_query(q[None, :], k=k, num_threads=1)
+                found, _ = index.knn_query(gq[None, :], k=k, num_threads=1)
                 return found[0].astype(np.int64)
             except RuntimeError:
                 k //= 2
@@ -788,16 +889,21 @@ class HNSWRetriever(_ExactVectors):
                 "params": self._params(),
                 "graph_slots": 0 if self._index is None else self._index.get_max_elements(),
                 "graph": graph,
+                "radius2": self._radius2,
             }
         (path / "meta.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
     def load(cls, path: str | Path, **overrides: object) -> HNSWRetriever:
         """Read a retriever from ``path``; ``overrides`` replace saved hyperparameters
-        (``ef``, ``num_threads``, ...)."""
+        (``ef``, ``num_threads``, ...). A ``space`` other than the saved one rebuilds the
+        graph in that space from the saved vectors (an index saved before spaces existed is
+        in ``'ip'``)."""
         path = Path(path)
         meta = _read_meta(path, "hnsw")
-        r = cls(int(meta["dim"]), **{**meta["params"], **overrides})
+        params = {**meta["params"], **overrides}
+        saved_space = str(meta["params"].get("space", "ip"))
+        r = cls(int(meta["dim"]), **{**params, "space": saved_space})
         vectors = np.load(path / "vectors.npy")
         with np.load(path / "masks.npz") as masks:
             live, in_graph = masks["live"], masks["in_graph"]
@@ -821,8 +927,10 @@ class HNSWRetriever(_ExactVectors):
                 name: (np.load(path / f"graph_{name}.npy", mmap_mode="r") if v is None else v)
                 for name, v in graph.items()
             }
-            if state.get("dim") != r.dim or state.get("space") != "ip":
-                raise RetrieverFormatError(f"{path}: the graph does not match dim {r.dim}")
+            if state.get("dim") != r.dim + (r.space == "l2") or state.get("space") != r.space:
+                raise RetrieverFormatError(
+                    f"{path}: the graph does not match dim {r.dim}, space {r.space!r}"
+                )
             index = hnswlib.Index.__new__(hnswlib.Index)
             index.__setstate__((state,))
             del state
@@ -834,4 +942,18 @@ class HNSWRetriever(_ExactVectors):
             index.set_ef(r.ef)
             r._index = index
         r._n_live = int(r._table.live.sum())
+        r._radius2 = float(meta.get("radius2", 0.0))
+        if r.space == "l2":
+            rows = np.flatnonzero(r._table.live).astype(np.int64)
+            r._note_lengths(rows, r._table.vectors[rows])
+        wanted = str(params.get("space", saved_space))
+        if wanted != r.space:
+            if wanted not in SPACES:
+                raise ValueError(f"space must be one of {SPACES}, got {wanted!r}")
+            logger.info("HNSW graph saved in space %r, wanted in %r: rebuilding", r.space, wanted)
+            r.space = wanted
+            r._overflow = np.zeros(0, dtype=np.int64)
+            if r._index is not None:
+                with r._writer:
+                    r._rebuild()
         return r

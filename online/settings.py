@@ -99,6 +99,13 @@ class EngineSettings(BaseSettings):
     queue. Unset: write everything every refresh (a filling index then took most of a core
     beside the requests)."""
 
+    cf_index_space: Literal["ip", "l2"] = "l2"
+    """The CF index's graph space (``online.retrieval``): ``l2``, the norm-augmentation
+    reduction, found all of the true top 300 on the relevance model's item vectors where
+    ``ip`` found 13-35% (``benchmarks/bench_ann.py``, ``bench_recommend.py``), because their
+    bias column dominates. A snapshot saved in the other space is rebuilt in this one when
+    loaded."""
+
     cf_max_identical: int = Field(4, ge=1)
     """Most items with the very same learned vector in the CF index (items known only by
     their artist and genres share one): an HNSW graph cannot hold large groups of identical

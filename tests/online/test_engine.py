@@ -17,7 +17,7 @@ from feedback.events import Event
 from online.catalog import Catalog
 from online.engine import Engine, _merge_offers
 from online.items import Item
-from online.retrieval import HNSWRetriever
+from online.retrieval import BruteForceRetriever, HNSWRetriever
 from tests.online.conftest import T0, World, make_engine, run_world
 
 
@@ -243,9 +243,9 @@ def test_a_save_under_the_engine_lock_does_not_deadlock_a_deferred_cf_index(
     engine.save(tmp_path / "snap")
     load = engine_module.HNSWRetriever.load
 
-    def slow_load(path: Path) -> HNSWRetriever:
+    def slow_load(path: Path, **overrides: object) -> HNSWRetriever:
         time.sleep(0.5)  # still loading when the save below begins
-        return load(path)
+        return load(path, **overrides)
 
     monkeypatch.setattr(engine_module.HNSWRetriever, "load", staticmethod(slow_load))
     lazy = _load_deferred(engine, tmp_path / "snap")
@@ -383,6 +383,33 @@ def test_a_snapshot_keeping_the_index_queue_in_its_json_still_loads(
     (tmp_path / "snap" / "dirty.npy").unlink()
     old = Engine.load(tmp_path / "snap", small_catalog, engine.settings, engine.learner_settings)
     assert list(old._dirty) == queue[::-1]
+
+
+def test_a_cf_index_saved_in_the_ip_space_loads_into_the_configured_one(
+    small_catalog: Catalog, world: World, tmp_path: Path
+):
+    """Snapshots cut before the CF index's graph moved to the L2 space hold an 'ip' graph:
+    an operator rolling back to one gets it rebuilt in the configured space, same items."""
+    engine = make_engine(small_catalog, cf_index_space="ip")
+    list(run_world(engine, world, steps=40))
+    while engine.index_lag()["dirty_items"]:
+        engine.refresh_index()
+    assert engine.cf_index.space == "ip" and len(engine.cf_index)
+    engine.save(tmp_path / "snap")
+    configured = engine.settings.model_copy(update={"cf_index_space": "l2"})
+    loaded = Engine.load(tmp_path / "snap", small_catalog, configured, engine.learner_settings)
+    assert loaded.cf_index.space == "l2"
+    rows = np.arange(len(small_catalog))
+    np.testing.assert_array_equal(loaded.cf_index.stored(rows)[0], engine.cf_index.stored(rows)[0])
+    np.testing.assert_array_equal(loaded.cf_index.stored(rows)[1], engine.cf_index.stored(rows)[1])
+    # the rebuilt graph finds what exact search over the same vectors finds
+    held = np.flatnonzero(loaded.cf_index.stored(rows)[1])
+    exact = BruteForceRetriever(loaded.cf_index.dim)
+    exact.upsert(held, loaded.cf_index.stored(held)[0])
+    for user in ("u1", "u2", "never-seen"):
+        q = loaded.relevance.user_vector(user, {})
+        np.testing.assert_allclose(loaded.cf_index.query(q, 10)[1], exact.query(q, 10)[1])
+    assert make_engine(small_catalog).cf_index.space == "l2"  # the default
 
 
 def _offered_one_by_one(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from online.catalog import Catalog
 from online.demo import demo_vectors, generate_demo_catalog
@@ -31,9 +32,10 @@ def test_get_many_equals_get_and_follows_changes():
     assert [str(catalog.ids[i]) for i in by_artist] == catalog.items_by_artist(items[0].artist)
 
 
-def test_refresh_keeps_scores_exact_and_relinks_only_far_moves():
+@pytest.mark.parametrize("space", ["ip", "l2"])
+def test_refresh_keeps_scores_exact_and_relinks_only_far_moves(space: str):
     vectors = demo_vectors(3_000, 16, seed=0, norm_spread=0.3)
-    hnsw, exact = HNSWRetriever(16, ef=100, seed=0), BruteForceRetriever(16)
+    hnsw, exact = HNSWRetriever(16, ef=100, seed=0, space=space), BruteForceRetriever(16)
     ids = np.arange(3_000)
     for r in (hnsw, exact):
         r.upsert(ids, vectors)
