@@ -1,14 +1,20 @@
 """HNSW candidate retrieval against brute force: build time, memory, latency, recall.
 
-Builds :class:`online.retrieval.HNSWRetriever` over ``--n`` clustered, normalised vectors
-(tracks around artist centroids, optionally with varying norms), then for each ``--ef``
+Builds :class:`online.retrieval.HNSWRetriever` over ``--n`` vectors, then for each ``--ef``
 measures single-query latency percentiles for ``k`` and recall@k against
-:class:`online.retrieval.BruteForceRetriever` (also timed, as the baseline). Seeded; the
-build is repeated ``--repeats`` times.
+:class:`online.retrieval.BruteForceRetriever` (also timed, as the baseline). ``--vectors
+content``: clustered, normalised vectors (tracks around artist centroids, optionally with
+varying norms), queried with others like them; ``--vectors relevance``: the relevance
+model's item vectors ``[latent sums, bias]``, queried with listener vectors ``[latent sums,
+1]`` (``online.demo.demo_relevance_vectors``), what the CF index holds. Each ``--space``
+is built and measured in turn, so the spaces compare within one run. Seeded; the build is
+repeated ``--repeats`` times.
 
 Example::
 
     .venv/bin/python benchmarks/bench_ann.py --n 300000 --ef 500 800 1200
+    .venv/bin/python benchmarks/bench_ann.py --vectors relevance --dim 17 --k 300 --ef 200 \
+        --space ip l2
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from online.demo import demo_vectors
+from online.demo import demo_relevance_vectors, demo_vectors
 from online.retrieval import BruteForceRetriever, HNSWRetriever
 
 
@@ -48,36 +54,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ef-construction", type=int, default=100)
     p.add_argument("--threads", type=int, default=2, help="build threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vectors", choices=["content", "relevance"], default="content")
+    p.add_argument("--space", nargs="+", choices=["ip", "l2"], default=["ip"])
     a = p.parse_args(argv)
 
     print(
         f"# n={a.n} dim={a.dim} k={a.k} M={a.M} ef_construction={a.ef_construction} "
-        f"threads={a.threads} norm_spread={a.norm_spread} seed={a.seed}",
+        f"threads={a.threads} vectors={a.vectors} norm_spread={a.norm_spread} seed={a.seed}",
         flush=True,
     )
     base_rss = rss_mb()
-    vectors = demo_vectors(a.n, a.dim, seed=a.seed, norm_spread=a.norm_spread)
-    queries = demo_vectors(a.queries, a.dim, seed=a.seed + 1, norm_spread=a.norm_spread)
+    if a.vectors == "relevance":
+        vectors = demo_relevance_vectors(a.n, a.dim, seed=a.seed)
+        queries = demo_relevance_vectors(a.queries, a.dim, seed=a.seed + 1, listeners=True)
+    else:
+        vectors = demo_vectors(a.n, a.dim, seed=a.seed, norm_spread=a.norm_spread)
+        queries = demo_vectors(a.queries, a.dim, seed=a.seed + 1, norm_spread=a.norm_spread)
     ids = np.arange(a.n)
     data_rss = rss_mb()
-
-    builds, hnsw = [], None
-    for r in range(a.repeats):
-        del hnsw
-        hnsw = HNSWRetriever(
-            a.dim, M=a.M, ef_construction=a.ef_construction, num_threads=a.threads, seed=a.seed + r
-        )
-        t = time.perf_counter()
-        hnsw.upsert(ids, vectors)
-        builds.append(time.perf_counter() - t)
-        print(
-            f"build {r + 1}/{a.repeats}: {builds[-1]:.1f} s ({a.n / builds[-1]:,.0f}/s)", flush=True
-        )
-    index_rss = rss_mb()
-    print(
-        f"rss: start {base_rss:.0f} MB, +vectors {data_rss - base_rss:.0f} MB, "
-        f"+index {index_rss - data_rss:.0f} MB (total {index_rss:.0f} MB)"
-    )
+    print(f"rss: start {base_rss:.0f} MB, +vectors {data_rss - base_rss:.0f} MB")
 
     brute = BruteForceRetriever(a.dim)
     brute.upsert(ids, vectors)
@@ -92,6 +87,42 @@ def main(argv: list[str] | None = None) -> None:
         f"p99 {np.percentile(bt, 99):.1f} ms"
     )
     del brute
+    for space in a.space:
+        print(f"## space {space}", flush=True)
+        measure(a, space, ids, vectors, queries, truth, data_rss)
+
+
+def measure(
+    a: argparse.Namespace,
+    space: str,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    truth: list[np.ndarray],
+    data_rss: float,
+) -> None:
+    """Build the graph in ``space`` ``--repeats`` times, then time and check each ``--ef``."""
+    builds: list[float] = []
+    hnsw = None
+    for r in range(a.repeats):
+        del hnsw
+        hnsw = HNSWRetriever(
+            a.dim,
+            M=a.M,
+            ef_construction=a.ef_construction,
+            num_threads=a.threads,
+            seed=a.seed + r,
+            space=space,
+        )
+        t = time.perf_counter()
+        hnsw.upsert(ids, vectors)
+        builds.append(time.perf_counter() - t)
+        print(
+            f"build {r + 1}/{a.repeats}: {builds[-1]:.1f} s ({a.n / builds[-1]:,.0f}/s)", flush=True
+        )
+    assert hnsw is not None
+    index_rss = rss_mb()
+    print(f"rss: +index {index_rss - data_rss:.0f} MB over the vectors (total {index_rss:.0f} MB)")
 
     print(f"{'ef':>6} {'p50 ms':>8} {'p99 ms':>8} {'recall@' + str(a.k):>11}")
     for ef in a.ef:
