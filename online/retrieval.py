@@ -542,7 +542,7 @@ class HNSWRetriever(_ExactVectors):
         reduction's last coordinate (``'l2'``; zero for one longer than the radius)."""
         if self.space == "ip":
             return vectors
-        n2 = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)
+        n2 = np.einsum("ij,ij->i", vectors, vectors)
         extra = np.sqrt(np.maximum(self._radius2 - n2, 0.0)).astype(np.float32)
         return np.hstack([vectors, extra[:, None]])
 
@@ -554,7 +554,7 @@ class HNSWRetriever(_ExactVectors):
         keep the set of ids longer than the radius current (under the write lock)."""
         if self.space == "ip" or not ids.size:
             return
-        n2 = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)
+        n2 = np.einsum("ij,ij->i", vectors, vectors)
         beyond = ids[n2 > self._radius2]
         if beyond.size or self._overflow.size:
             kept = self._overflow[~np.isin(self._overflow, ids)]
@@ -562,7 +562,7 @@ class HNSWRetriever(_ExactVectors):
 
     def _overflow_limit(self) -> int:
         """Ids beyond the radius a write tolerates before it rebuilds the graph with a new
-        one: each costs every query a dot product (4k of them about 0.1 ms)."""
+        one: each costs every query a dot product."""
         return max(1024, self._n_live // 256)
 
     # -- writes --------------------------------------------------------------------------
@@ -737,7 +737,7 @@ class HNSWRetriever(_ExactVectors):
         """Space ``'l2'``: the squared radius for a graph built over ``vectors``."""
         if self.space == "ip" or not len(vectors):
             return 0.0
-        longest = float(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64).max())
+        longest = float(np.einsum("ij,ij->i", vectors, vectors).max())
         return _RADIUS_HEADROOM**2 * (longest if longest > 0 else 1.0)
 
     def _new_graph(self, slots: int) -> hnswlib.Index:
@@ -943,9 +943,10 @@ class HNSWRetriever(_ExactVectors):
             r._index = index
         r._n_live = int(r._table.live.sum())
         r._radius2 = float(meta.get("radius2", 0.0))
-        if r.space == "l2":
-            rows = np.flatnonzero(r._table.live).astype(np.int64)
-            r._note_lengths(rows, r._table.vectors[rows])
+        if r.space == "l2":  # in parts: a copy of every live vector at once is gigabytes
+            for start in range(0, live.size, 65_536):
+                rows = start + np.flatnonzero(r._table.live[start : start + 65_536])
+                r._note_lengths(rows.astype(np.int64), r._table.vectors[rows])
         wanted = str(params.get("space", saved_space))
         if wanted != r.space:
             if wanted not in SPACES:
