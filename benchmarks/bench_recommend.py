@@ -24,7 +24,7 @@
    build), and the resident memory the service had (VmRSS). Then recall of the CF index
    (learned item vectors) against brute force, queried with warm-up listeners' vectors:
    the newest snapshot's graph as served, and a fresh build over every learned item
-   (``cf_recall``).
+   (``cf_recall``; the fresh build only up to ``--cf-rebuild-max`` catalog items).
 8. The machine's speed in each window: ``speed_probe`` (benchmarks/_common.py) times a fixed
    pure-Python loop in CPU time once a second from its own process; its median is printed
    with the window, so a window that fell in a slow phase of the machine shows as one.
@@ -485,7 +485,12 @@ def recall_at(url: str, queries: int, ks: tuple[int, ...], ef: int) -> tuple[flo
 
 
 def cf_recall(
-    data: Path, url: str, n_users: int, queries: int, ks: tuple[int, ...]
+    data: Path,
+    url: str,
+    n_users: int,
+    queries: int,
+    ks: tuple[int, ...],
+    rebuild_max: int = 2_000_000,
 ) -> dict[str, dict]:
     """Recall@k of the CF index against brute force, from the newest snapshot the service
     cut, queried with the vectors of warm-up listeners (the relevance model's own).
@@ -494,13 +499,18 @@ def cf_recall(
     incrementally, some links older than the vectors), and ``rebuilt``, a fresh graph with the
     engine's settings over every catalog item with a learned vector (what the index holds
     once the learner has swept the whole catalog; the served index's parameters and space),
-    which also times the build. Each is
-    checked against exact MIPS over the very vectors it holds. Per graph: the items it holds,
-    and per ``k`` (recall, query p99 in ms); ``rebuilt`` also has ``build_s``.
+    which also times the build. Each is checked against exact MIPS over the very vectors it
+    holds. Per graph: the items it holds, and per ``k`` (recall, query p99 in ms);
+    ``rebuilt`` also has ``build_s``.
+
+    ``rebuilt`` needs every catalog item's vector (the relevance model's, computed in Python
+    per item) and the duplicate cap over them: minutes at 1M, hours at 8.2M. Above
+    ``rebuild_max`` catalog items it is left out (``{"skipped": reason}``); ``served`` reads
+    only the vectors its index holds, so it costs about the same at any catalog size.
     """
     from online._duplicates import DuplicateCap
     from online.catalog import Catalog
-    from online.engine import Engine
+    from online.engine import ContentIndex, Engine
     from online.retrieval import BruteForceRetriever
     from snapshots import SnapshotStore
 
@@ -508,30 +518,36 @@ def cf_recall(
     if loaded is None:
         return {}
     catalog = Catalog(url, embedding_dim=DIM)
-    engine = Engine.load(loaded.snapshot.path, catalog)
+    # no content index: this reads the CF one only (building the other takes 40 min at 8.2M)
+    off = ContentIndex(DIM, enabled=False)
+    engine = Engine.load(loaded.snapshot.path, catalog, content_index=off)
     s, relevance = engine.settings, engine.relevance
     n_rows = len(catalog.view().ids)
-    rows = np.arange(n_rows)
-    vectors = np.concatenate(
-        [
-            relevance.item_vectors_of(catalog.feature_columns(part.tolist()))
-            for part in np.array_split(rows, max(1, rows.size // 50_000))
-        ]
-    )
-    learned = np.abs(vectors[:, :-1]).sum(axis=1) > 0  # as refresh_index: signal only
-    rows, vectors = rows[learned], vectors[learned]
-    admitted, _ = DuplicateCap(s.cf_max_identical).admit(rows, vectors)
-    rows, vectors = rows[admitted], vectors[admitted]
-    rebuilt = engine.cf_index.clone()  # empty, with the served index's parameters and space
-    started = time.perf_counter()
-    rebuilt.upsert(rows, vectors)
-    build_s = time.perf_counter() - started
+    graphs = {"served": engine.cf_index}
+    build_s = None
+    if n_rows <= rebuild_max:
+        rows = np.arange(n_rows)
+        vectors = np.concatenate(
+            [
+                relevance.item_vectors_of(catalog.feature_columns(part.tolist()))
+                for part in np.array_split(rows, max(1, rows.size // 50_000))
+            ]
+        )
+        learned = np.abs(vectors[:, :-1]).sum(axis=1) > 0  # as refresh_index: signal only
+        rows, vectors = rows[learned], vectors[learned]
+        admitted, _ = DuplicateCap(s.cf_max_identical).admit(rows, vectors)
+        rows, vectors = rows[admitted], vectors[admitted]
+        rebuilt = engine.cf_index.clone()  # empty, with the served index's parameters, space
+        started = time.perf_counter()
+        rebuilt.upsert(rows, vectors)
+        build_s = time.perf_counter() - started
+        graphs["rebuilt"] = rebuilt
     rng = np.random.default_rng(11)
     users = [f"u{int(u)}" for u in rng.choice(n_users, size=queries, replace=False)]
     contexts = [{"device": ("ios", "android", "web")[i % 3]} for i in range(queries)]
     qs = [relevance.user_vector(u, c) for u, c in zip(users, contexts, strict=True)]
     out: dict[str, dict] = {}
-    for name, index in (("served", engine.cf_index), ("rebuilt", rebuilt)):
+    for name, index in graphs.items():
         held = np.flatnonzero(index.stored(np.arange(n_rows))[1])
         exact = BruteForceRetriever(index.dim)
         exact.upsert(held, index.stored(held)[0])
@@ -546,7 +562,10 @@ def cf_recall(
                 hits += len(np.intersect1d(got, want))
                 wanted += len(want)
             out[name][k] = (hits / max(1, wanted), percentiles(times, (99,))["p99"] * 1000)
-    out["rebuilt"]["build_s"] = build_s
+    if build_s is None:
+        out["rebuilt"] = {"skipped": f"{n_rows:,} catalog items > --cf-rebuild-max {rebuild_max:,}"}
+    else:
+        out["rebuilt"]["build_s"] = build_s
     catalog.close()
     return out
 
@@ -605,6 +624,13 @@ def main() -> None:
     )
     ap.add_argument(
         "--cf-recall-queries", type=int, default=50, help="CF index; 0 skips its recall"
+    )
+    ap.add_argument(
+        "--cf-rebuild-max",
+        type=int,
+        default=2_000_000,
+        help="largest catalog for which the CF recall also builds a fresh graph over every "
+        "learned item (its vectors are computed per item: hours at 8.2M)",
     )
     ap.add_argument("--recall-ef", type=int, default=None, help="default: the engine's hnsw_ef")
     ap.add_argument(
@@ -764,7 +790,9 @@ def main() -> None:
         if args.recall_queries > 0:  # 0: skip (at 8.2M the rebuild takes a quarter hour)
             build_s, recalls = recall_at(url, args.recall_queries, (500, 100), ef)
         if args.cf_recall_queries > 0:
-            cf_recalls = cf_recall(data, url, args.users, args.cf_recall_queries, cf_k)
+            cf_recalls = cf_recall(
+                data, url, args.users, args.cf_recall_queries, cf_k, args.cf_rebuild_max
+            )
 
     print()
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (1 min)")
@@ -808,6 +836,9 @@ def main() -> None:
               f"asks) | recall@{cf_k[1]} | query p99 |")  # fmt: skip
         print("|---|---|---|---|---|---|")
         for name, got in cf_recalls.items():
+            if "skipped" in got:
+                print(f"| {name} | not built: {got['skipped']} | | | | |")
+                continue
             (r0, q0), (r1, q1) = got[cf_k[0]], got[cf_k[1]]
             build = f"{got['build_s']:.1f} s" if "build_s" in got else "-"
             print(f"| {name} | {got['items']:,} | {build} | {r0:.3f} | {r1:.3f} | "
