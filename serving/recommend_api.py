@@ -137,6 +137,14 @@ class RecommendFastPath:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._timer: tuple[object, Any] | None = None  # (metrics, its child for this route)
+
+    def _timed(self, metrics: Any) -> Any:
+        """``segue_request_seconds`` for this route, looked up once per metrics object."""
+        timer = self._timer
+        if timer is None or timer[0] is not metrics:
+            timer = self._timer = (metrics, metrics.request_latency.labels(RECOMMEND_PATH))
+        return timer[1]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -177,9 +185,7 @@ class RecommendFastPath:
             )
             await send({"type": "http.response.body", "body": payload})
         finally:  # a client gone mid-answer is timed too, as RequestTiming does
-            services.metrics.request_latency.labels(RECOMMEND_PATH).observe(
-                time.perf_counter() - started
-            )
+            self._timed(services.metrics).observe(time.perf_counter() - started)
 
 
 def _is_json(headers: list[tuple[bytes, bytes]]) -> bool:
