@@ -51,8 +51,28 @@ class SegueApp(FastAPI):
     """FastAPI, with lists served ahead of its middleware stack (see
     :class:`~serving.recommend_api.RecommendFastPath`)."""
 
+    _lists_direct: bool | None = None
+
     def build_middleware_stack(self) -> ASGIApp:
         return recommend_api.RecommendFastPath(super().build_middleware_stack())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # A list goes straight to the stack, whose first layer serves it: FastAPI's own
+        # __call__ asks three OpenTelemetry providers whether it should trace, for every
+        # request (2% of a busy process in py-spy). The answer is read once, at the second
+        # request (after the lifespan that configures providers, and the first request that
+        # builds the stack); with a provider configured every request keeps FastAPI's way.
+        if scope["type"] == "http" and scope["path"] == recommend_api.RECOMMEND_PATH:
+            direct = self._lists_direct
+            if direct is None and self.middleware_stack is not None:
+                direct = self._lists_direct = not self._native_telemetry.enabled()
+            if direct:
+                if self.root_path:
+                    scope["root_path"] = self.root_path
+                scope["app"] = self
+                await self.middleware_stack(scope, receive, send)  # type: ignore[misc]
+                return
+        await super().__call__(scope, receive, send)
 
 
 async def validation_failed(request: Request, exc: RequestValidationError) -> Response:
