@@ -480,6 +480,7 @@ class Engine:
             content_index.sync(catalog)
         self.content_index = content_index
         self._fresh_cache: tuple[int, np.ndarray] | None = None
+        self._trending_cache: tuple[tuple[str, ...], int, np.ndarray] | None = None
         self._fresh_pool: tuple[int, int, np.ndarray] | None = None
         self._dirty: OrderedDict[int, None] = OrderedDict()  # dense indexes to re-index
         self._sweep_at = 0
@@ -605,7 +606,7 @@ class Engine:
         cf_index: HNSWRetriever | None = None
         uv: np.ndarray | None = None
         nexts: list[str] = []
-        top: list[str] = []
+        top_rows: np.ndarray | None = None
         fresh: np.ndarray | None = None
         shared = self.shared_sessions
         # a Redis session is read before the lock: a network round trip must not hold it
@@ -627,7 +628,8 @@ class Engine:
                 for item_id, _ in reversed(recent[-3:]):
                     nexts.extend(n for n, _ in self._transitions.next_items(item_id, per_play))
             if s.trending_candidates:
-                top = [i for i, _ in self._popularity.top(s.trending_candidates + len(banned), t)]
+                n_top = s.trending_candidates + len(banned)
+                top_rows = self._trending_rows(self._popularity.ranking(n_top, t), view)[:n_top]
             if s.fresh_candidates:
                 fresh = self._fresh_sample(view, t, s.fresh_candidates)
         # each channel's dense indexes, in channel order (the pool keeps first-offer order)
@@ -641,8 +643,8 @@ class Engine:
                 offers.append(("content", index.query(sv, s.content_candidates + len(banned))[0]))
         if nexts:
             offers.append(("covisit", self.catalog.indexes_of(nexts)))
-        if top:
-            offers.append(("trending", self.catalog.indexes_of(top)))
+        if top_rows is not None and len(top_rows):
+            offers.append(("trending", top_rows))
         if fresh is not None:
             offers.append(("fresh", fresh))
         rows, offered = _merge_offers(view, offers, self.catalog.indexes_of(banned))
@@ -686,6 +688,15 @@ class Engine:
         if total <= 0:
             return None
         return (acc / total).astype(np.float32)
+
+    def _trending_rows(self, ranking: tuple[str, ...], view: Any) -> np.ndarray:
+        """Catalog rows of the popularity ranking's ids (-1 for ids the catalog lacks),
+        mapped once per ranking and catalog version instead of on every list."""
+        cached = self._trending_cache
+        if cached is None or cached[0] is not ranking or cached[1] != view.version:
+            rows = self.catalog.indexes_of(ranking)
+            cached = self._trending_cache = (ranking, view.version, rows)
+        return cached[2]
 
     def _fresh_sample(self, view: Any, now: float, n: int) -> np.ndarray:
         if self._fresh_cache is None or self._fresh_cache[0] != view.version:

@@ -101,6 +101,7 @@ class Popularity:
         self._count = np.zeros(16, dtype=np.int64)
         self._origin: float | None = None
         self._top: tuple[float, np.ndarray, int] | None = None  # (computed at, order, size asked)
+        self._top_ids: tuple[tuple, tuple[str, ...]] | None = None  # (_top, its ids)
 
     def _params(self) -> dict[str, Any]:
         return {
@@ -194,6 +195,33 @@ class Popularity:
 
         Ties keep the order in which items were first seen. Only played items appear.
         """
+        order = self._ranked(n, now)[1][:n]
+        factor = self._factor(now, self.half_life_s)
+        return [(self._ids[i], float(self._long[i] * factor)) for i in order]
+
+    def ranking(self, n: int, now: float) -> tuple[str, ...]:
+        """The ids of :meth:`top` without scores: at least the ``n`` best (fewer if fewer
+        items were played), best first. It is the same tuple object for as long as the
+        order is (up to ``top_refresh_s``), so a caller can key a cache on it; a list asks
+        for the trending items on every request.
+
+        >>> p = Popularity(top_refresh_s=60)
+        >>> for item in ("a", "b", "b"):
+        ...     p.add(item, 0.0)
+        >>> p.ranking(2, 1.0)
+        ('b', 'a')
+        >>> p.ranking(1, 2.0) is p.ranking(2, 3.0)
+        True
+        """
+        top = self._ranked(n, now)
+        cached = self._top_ids
+        if cached is None or cached[0] is not top:
+            cached = self._top_ids = (top, tuple(self._ids[i] for i in top[1]))
+        return cached[1]
+
+    def _ranked(self, n: int, now: float) -> tuple[float, np.ndarray, int]:
+        """``(computed at, order, size asked)``: the cached order of the most played items,
+        recomputed when older than ``top_refresh_s`` or shorter than ``n`` asks."""
         size = len(self._ids)
         stale = (
             self._top is None or abs(now - self._top[0]) >= self.top_refresh_s or n > self._top[2]
@@ -209,9 +237,7 @@ class Popularity:
                 order = np.argsort(-values, kind="stable")
             self._top = (now, order[values[order] > 0], wanted)
         assert self._top is not None
-        order = self._top[1][:n]
-        factor = self._factor(now, self.half_life_s)
-        return [(self._ids[i], float(self._long[i] * factor)) for i in order]
+        return self._top
 
     def dump(self) -> bytes:
         """The learned state as JSON bytes (see the module docstring)."""

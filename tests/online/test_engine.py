@@ -446,3 +446,37 @@ def test_merged_offers_keep_first_offer_order_and_every_channel():
         channels = offered.channels()
         assert list(channels) == list(want) == ids[rows].tolist()  # first-offer order
         assert channels == want
+
+
+def test_trending_follows_plays_and_items_the_catalog_adds_later(small_catalog: Catalog):
+    """The trending channel is mapped to catalog rows once per ranking and catalog version:
+    an item played before the catalog had it is offered once the catalog adds it, and an
+    item played more moves up when the ranking is next recomputed."""
+    engine = make_engine(
+        small_catalog, cf_candidates=0, content_candidates=0, fresh_candidates=0,
+        covisit_candidates=0, trending_candidates=3,
+    )  # fmt: skip
+    old = [str(i) for i in small_catalog.ids[:3]]
+    plays = [(old[0], 3), (old[1], 2), ("late-track", 5), (old[2], 1)]
+    engine.learn(
+        [
+            Event(f"p{item}{n}", "play", f"fan{n}", item, T0, played_ms=60_000)
+            for item, times in plays
+            for n in range(times)
+        ]
+    )
+
+    def trending(now: float) -> list[str]:
+        pool = engine.candidates("listener", {}, now=now)
+        return [i for i, c in pool.channels.items() if "trending" in c]
+
+    # the catalog lacks the most played item: the channel offers the next ones
+    assert trending(T0 + 1) == old[:2]
+    small_catalog.upsert([Item("late-track", artist="new-artist", genres=("pop",))])
+    assert trending(T0 + 2) == ["late-track", *old[:2]]
+    # five more plays of the third: first once the ranking is recomputed (top_refresh_s)
+    engine.learn(
+        [Event(f"q{n}", "play", f"fan{n}", old[2], T0 + 3, played_ms=60_000) for n in range(5)]
+    )
+    later = T0 + 3 + engine.popularity.top_refresh_s
+    assert trending(later) == [old[2], "late-track", old[0]]
