@@ -1,11 +1,11 @@
 """What the HTTP layers between uvicorn and the list handler cost per list, in process.
 
 The app is built as ``segue serve`` builds it, on an empty data directory, with the
-recommender replaced by a canned 30-item list: what is left is the framework's work (and the
-handler writing the JSON). Each variant sends ``--calls`` ``POST /v1/recommend`` requests
-straight into the ASGI app (no socket, no uvicorn) and measures the interpreter's CPU time
-per request (``time.process_time``); ``--runs`` rounds alternate the variants, and the script
-prints the median and the slowest round:
+recommender's decision replaced by a canned 30-item list: what is left is the framework's
+work (and the handler writing the JSON). Each variant sends ``--calls`` ``POST
+/v1/recommend`` requests straight into the ASGI app (no socket, no uvicorn) and measures the
+interpreter's CPU time per request (``time.process_time``); ``--runs`` rounds alternate the
+variants, and the script prints the median and the slowest round:
 
 * ``fast path``: the app as served (a valid list request skips the middleware stack);
 * ``app stack``: the same app's FastAPI stack, as before the fast path (the baseline);
@@ -30,7 +30,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import machine
-from online.recommendation import Recommendation, RecommendedItem
+from feedback.events import Decision, SlateEntry
 from serving.app import create_app
 from serving.recommend_api import RECOMMEND_PATH, RecommendFastPath
 from serving.settings import Settings
@@ -88,16 +88,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         app = create_app(Settings(data_dir=Path(tmp)), embedded_learner=False)
         services = app.state.services
-        canned = Recommendation(
-            "0" * 32,
-            "v0+0",
-            tuple(RecommendedItem(f"track-{i}", 1.0 - i / 100, 0.9, i % 7 == 0) for i in range(30)),
+        canned = (
+            Decision(
+                request_id="0" * 32,
+                user_id="listener-42",
+                timestamp=0.0,
+                model_version="v0+0",
+                slate=tuple(
+                    SlateEntry(f"track-{i}", i, 1.0 - i / 100, 0.9, i % 7 == 0) for i in range(30)
+                ),
+            ),
+            None,
+            1.0,
         )
 
-        async def recommend(*args: Any, **kwargs: Any) -> Recommendation:
+        async def decide(*args: Any, **kwargs: Any) -> tuple[Decision, None, float]:
             return canned
 
-        services.recommender.recommend = recommend
+        services.recommender.decide = decide
         stack = app.build_middleware_stack()
         assert isinstance(stack, RecommendFastPath)
         inner = stack.app

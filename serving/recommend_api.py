@@ -83,7 +83,7 @@ async def recommend(
 
 async def serve_list(services: Services, body: RecommendIn) -> bytes:
     """The list for a validated request, as the JSON of :class:`RecommendOut`."""
-    rec = await services.recommender.recommend(
+    decision, fallback, took_ms = await services.recommender.decide(
         services.engine,
         RecommendRequest(
             user_id=body.user_id,
@@ -95,22 +95,22 @@ async def serve_list(services: Services, body: RecommendIn) -> bytes:
         now=services.clock(),
         popular=services.popular,
     )
-    # RecommendOut's fields (the documented schema), written directly: FastAPI would build
-    # the models and validate them again on the way out, for every list
+    # RecommendOut's fields (the documented schema), written directly from the slate:
+    # FastAPI would build the models and validate them again on the way out, for every list
     payload = {
-        "request_id": rec.request_id,
-        "model_version": rec.model_version,
+        "request_id": decision.request_id,
+        "model_version": decision.model_version,
         "items": [
             {
-                "item_id": i.item_id,
-                "score": float(i.score) + 0.0,  # no "-0.0" on the wire
-                "propensity": float(i.propensity),
-                "explored": bool(i.explored),
+                "item_id": e.item_id,
+                "score": float(e.score) + 0.0,  # no "-0.0" on the wire
+                "propensity": float(e.propensity),
+                "explored": bool(e.explored),
             }
-            for i in rec.items
+            for e in decision.slate
         ],
-        "fallback": rec.fallback,
-        "took_ms": float(rec.took_ms),
+        "fallback": fallback,
+        "took_ms": float(took_ms),
     }
     return orjson.dumps(payload)
 

@@ -245,6 +245,16 @@ class Recommender:
     async def recommend(
         self, engine: Engine, req: Request, *, now: float, popular: tuple[str, ...]
     ) -> Recommendation:
+        """The list for ``req`` as the client sees it (see :meth:`decide`)."""
+        decision, fallback, took_ms = await self.decide(engine, req, now=now, popular=popular)
+        return as_recommendation(decision, fallback=fallback, took_ms=took_ms)
+
+    async def decide(
+        self, engine: Engine, req: Request, *, now: float, popular: tuple[str, ...]
+    ) -> tuple[Decision, str | None, float]:
+        """The decision served for ``req`` (already logged), the fallback reason or ``None``,
+        and the milliseconds it took. The HTTP handler writes its JSON from the slate
+        directly, without building a :class:`Recommendation` of 30 frozen items first."""
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         with self._in_flight_lock:
@@ -287,7 +297,7 @@ class Recommender:
         took = (time.perf_counter() - started) * 1000
         self._stage_seconds["total"].observe(took / 1000)
         self._served_counter(reason or "none").inc()
-        return as_recommendation(decision, fallback=reason, took_ms=round(took, 3))
+        return decision, reason, round(took, 3)
 
     def _served_counter(self, reason: str) -> Any:
         counter = self._served.get(reason)
