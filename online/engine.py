@@ -138,13 +138,30 @@ class CandidatePool:
     catalog: Catalog = field(repr=False)
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     """Dense catalog indexes of the candidates, in first-offer order."""
-    ids: list[str] = field(default_factory=list)
-    """Their item ids (``ids[n]`` is the item at ``rows[n]``)."""
+    id_column: np.ndarray | None = field(default=None, repr=False)
+    """The item id column of the catalog view the rows index (``None``: the catalog's
+    current one); :attr:`ids` reads it at ``rows``."""
     offers: ChannelOffers = field(default_factory=ChannelOffers)
     exclude: frozenset[str] = frozenset()
     history: int | None = None  # the listener's session length when the pool was made
     _channels: dict[str, set[str]] | None = field(default=None, init=False, repr=False)
     _items: list[Item] | None = field(default=None, init=False, repr=False)
+    _ids: list[str] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def ids(self) -> list[str]:
+        """The candidates' item ids (``ids[n]`` is the item at ``rows[n]``), built on first
+        use: the ranking stages need the ids of the hundred they keep, not of all several
+        hundred candidates (touching each id string of a million-item catalog costs a cache
+        miss, about a microsecond)."""
+        if self._ids is None:
+            self._ids = self.ids_at(self.rows)
+        return self._ids
+
+    def ids_at(self, rows: np.ndarray) -> list[str]:
+        """The item ids at catalog ``rows`` (rows of this pool's catalog view)."""
+        column = self.id_column if self.id_column is not None else self.catalog.view().ids
+        return column[rows].tolist()
 
     @property
     def items(self) -> list[Item]:
@@ -181,12 +198,20 @@ class ScoredPool:
     vectors: np.ndarray | None = None
     """The relevance model's item vectors of the candidates as scored (None: not kept)."""
     _items: list[Item] | None = field(default=None, init=False, repr=False)
+    _artists: list[str] | None = field(default=None, init=False, repr=False)
 
     @property
     def items(self) -> list[Item]:
         if self._items is None:
             self._items = _ranking_items(self.pool.catalog, self.ids)
         return self._items
+
+    @property
+    def artists(self) -> list[str]:
+        """The artist of each candidate, in order (``""`` when unknown)."""
+        if self._artists is None:
+            self._artists = self.pool.catalog.artists_at(self.rows.tolist())
+        return self._artists
 
 
 @dataclass(slots=True)
@@ -657,7 +682,7 @@ class Engine:
             now=t,
             catalog=self.catalog,
             rows=rows,
-            ids=view.ids[rows].tolist(),
+            id_column=view.ids,
             offers=offered,
             exclude=frozenset(banned),
             history=len(recent),
@@ -738,7 +763,7 @@ class Engine:
         left lists of about ten items where thirty were asked for. The next best candidates of
         artists still below the cap are added until ``k`` can be placed.
         """
-        if not pool.ids:
+        if not len(pool.rows):
             return ScoredPool(pool, pool.rows, [], np.zeros(0))
         catalog = pool.catalog
         revisions = catalog.revisions_at(pool.rows)
@@ -751,9 +776,11 @@ class Engine:
         order = np.argsort(-scores, kind="stable")
         n = min(self.settings.rerank_pool, len(scores))
         top = order[:n]
+        artists: list[str] | None = None
         if k is not None and n < len(scores):
             cap = self.settings.max_per_artist
-            per_artist = Counter(catalog.artists_at(pool.rows[top].tolist()))
+            artists = catalog.artists_at(pool.rows[top].tolist())
+            per_artist = Counter(artists)
             placeable = sum(min(c, cap) for c in per_artist.values())
             if placeable < k:
                 extra = []
@@ -764,14 +791,15 @@ class Engine:
                     if per_artist[artist] < cap:
                         per_artist[artist] += 1
                         extra.append(i)
+                        artists.append(artist)
                         placeable += 1
                         if placeable >= k:
                             break
                 top = np.concatenate([top, np.asarray(extra, dtype=top.dtype)])
-        ids = pool.ids
-        return ScoredPool(
-            pool, pool.rows[top], [ids[i] for i in top.tolist()], scores[top], vectors[top]
-        )
+        rows = pool.rows[top]
+        scored = ScoredPool(pool, rows, pool.ids_at(rows), scores[top], vectors[top])
+        scored._artists = artists  # looked up above already: the rerank reads them again
+        return scored
 
     # -- stage 3: rerank --------------------------------------------------------------------
 
@@ -836,7 +864,7 @@ class Engine:
         """The bandit's view of the scored pool, as columns (no object per candidate)."""
         pool = scored.pool
         ids = scored.ids
-        artists = pool.catalog.artists_at(scored.rows.tolist())
+        artists = scored.artists
         if not ids:
             empty = np.zeros(0)
             return CandidateColumns(ids, artists, None, empty, empty, empty, empty, empty, empty)
@@ -864,7 +892,7 @@ class Engine:
     def _greedy(self, scored: ScoredPool, k: int) -> list[SlateEntry]:
         per_artist: dict[str, int] = {}
         slate: list[SlateEntry] = []
-        artists = scored.pool.catalog.artists_at(scored.rows.tolist())
+        artists = scored.artists
         for item_id, artist, rel in zip(scored.ids, artists, scored.relevance, strict=True):
             if len(slate) == k:
                 break

@@ -96,6 +96,12 @@ def test_scores_are_the_relevance_models_and_follow_a_catalog_change(
     assert again.ids == ids
     np.testing.assert_array_equal(again.relevance, relevance)
     assert not np.array_equal(again.relevance, scored.relevance)
+    # the artists the rerank caps by are the catalog's, as read when scoring (with k the
+    # score stage reads them to widen the pool; without, on first use)
+    assert again.artists[again.ids.index(best.item_id)] == artist
+    for k in (None, 30):
+        s = engine.score(pool, k)
+        assert s.artists == [small_catalog.artist_of(i) for i in s.ids]
 
 
 def test_an_item_made_unavailable_stops_appearing_at_once(small_catalog: Catalog, world: World):
