@@ -152,8 +152,8 @@ class CandidatePool:
     def ids(self) -> list[str]:
         """The candidates' item ids (``ids[n]`` is the item at ``rows[n]``), built on first
         use: the ranking stages need the ids of the hundred they keep, not of all several
-        hundred candidates (touching each id string of a million-item catalog costs a cache
-        miss, about a microsecond)."""
+        hundred candidates (each id string touched in a million-item catalog is likely a
+        cache miss)."""
         if self._ids is None:
             self._ids = self.ids_at(self.rows)
         return self._ids
@@ -197,8 +197,10 @@ class ScoredPool:
     relevance: np.ndarray
     vectors: np.ndarray | None = None
     """The relevance model's item vectors of the candidates as scored (None: not kept)."""
+    artists_read: list[str] | None = field(default=None, repr=False)
+    """The artists at ``rows`` when the scoring stage read them already (``None``:
+    :attr:`artists` reads them on first use)."""
     _items: list[Item] | None = field(default=None, init=False, repr=False)
-    _artists: list[str] | None = field(default=None, init=False, repr=False)
 
     @property
     def items(self) -> list[Item]:
@@ -209,9 +211,9 @@ class ScoredPool:
     @property
     def artists(self) -> list[str]:
         """The artist of each candidate, in order (``""`` when unknown)."""
-        if self._artists is None:
-            self._artists = self.pool.catalog.artists_at(self.rows.tolist())
-        return self._artists
+        if self.artists_read is None:
+            self.artists_read = self.pool.catalog.artists_at(self.rows.tolist())
+        return self.artists_read
 
 
 @dataclass(slots=True)
@@ -797,9 +799,9 @@ class Engine:
                             break
                 top = np.concatenate([top, np.asarray(extra, dtype=top.dtype)])
         rows = pool.rows[top]
-        scored = ScoredPool(pool, rows, pool.ids_at(rows), scores[top], vectors[top])
-        scored._artists = artists  # looked up above already: the rerank reads them again
-        return scored
+        return ScoredPool(
+            pool, rows, pool.ids_at(rows), scores[top], vectors[top], artists_read=artists
+        )
 
     # -- stage 3: rerank --------------------------------------------------------------------
 
